@@ -1,0 +1,1 @@
+"""Side-by-side benchmark of maitred, HAProxy and NGINX (`python -m bench`)."""

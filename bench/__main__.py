@@ -1,0 +1,109 @@
+"""`python -m bench`: maitred, HAProxy and NGINX side by side over the same origins."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+from bench import origins, report, scenarios, targets, tools
+from bench.processes import Supervisor, cpu_plan, fresh_directory
+
+BENCH_DIR = Path(__file__).resolve().parent
+OUT_DIR = BENCH_DIR / "out"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=list(scenarios.SCENARIOS),
+        help="run only this scenario (repeatable; default: all)",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of A B C (default 3)")
+    parser.add_argument("--duration", type=float, default=10, help="seconds per run (default 10)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 round of 3 s")
+    parser.add_argument("--connections", type=int, default=50, help="wrk -c (default 50)")
+    parser.add_argument("--threads", type=int, default=1, help="wrk -t (default 1)")
+    parser.add_argument(
+        "--targets",
+        default=",".join(targets.ALL_TARGETS),
+        help="comma-separated subset of " + ",".join(targets.ALL_TARGETS),
+    )
+    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        help="where to write the report (default bench/RESULTS.md; bench/out/ with --quick)",
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.duration = 1, 3.0
+    if args.results is None:
+        args.results = OUT_DIR / "RESULTS-quick.md" if args.quick else BENCH_DIR / "RESULTS.md"
+    unknown = set(args.targets.split(",")) - set(targets.ALL_TARGETS)
+    if unknown:
+        parser.error(f"unknown targets {sorted(unknown)}")
+    return args
+
+
+def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # unwinds through the Supervisor, which stops every child
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    tools.ensure_installed(["haproxy", "nginx", "wrk", "h2load", "taskset"])
+    order = list(scenarios.SCENARIOS)
+    names = sorted(set(args.scenario or order), key=order.index)
+    load_cpus, proxy_cpus, pinning = cpu_plan(not args.no_pin)
+    workdir = fresh_directory(OUT_DIR / "run")
+    settings = scenarios.Settings(
+        seconds=args.duration,
+        rounds=args.rounds,
+        warmup_seconds=max(1.0, min(3.0, args.duration / 3)),
+        connections=args.connections,
+        threads=args.threads,
+        load_cpus=load_cpus,
+        workdir=workdir,
+    )
+    notes: list[str] = []
+    with Supervisor() as supervisor:
+        pool = origins.start(supervisor, workdir, load_cpus)
+        started = [
+            targets.start(name, supervisor, workdir, pool.ports, proxy_cpus)
+            for name in args.targets.split(",")
+        ]
+        for target in started:
+            if not target.available:
+                notes.append(f"{target.name} {target.problem}")
+                print(f"bench: {target.name} {target.problem}", file=sys.stderr)
+        bench = scenarios.Bench(settings, [t for t in started if t.available], notes)
+        rows = scenarios.run(names, bench)
+
+    notes += [
+        "Open-source NGINX has no active health checks (only passive max_fails); "
+        "HAProxy and maitred check GET /health every 2 s.",
+        f"Throughput: wrk -t{args.threads} -c{args.connections}, {args.rounds} round(s) of "
+        f"{args.duration:g} s per target in rotation after a {settings.warmup_seconds:g} s "
+        "warm-up each; 'close' sends Connection: close on every request.",
+        "Origins: one nginx process, one worker, four ports; / answers 6 bytes, /50k 51,200.",
+    ]
+    facts = {**tools.machine(), **tools.versions(), "pinning": pinning}
+    command = shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
+    date = time.strftime("%Y-%m-%d %H:%M %Z")
+    text = report.results_markdown(rows, command, date, facts, notes)
+    report.write(args.results, text)
+    print(report.table(rows))
+    print(f"\nbench: wrote {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,233 @@
+"""The measurements: each scenario runs every target in turn and returns table rows."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import load, procfs
+from bench.processes import pinned
+from bench.report import Goal, Row
+from bench.targets import HAPROXY, Target
+
+IDLE_CONNECTIONS = 10_000
+IDLE_READY_TIMEOUT_SECONDS = 120.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    seconds: float
+    rounds: int
+    warmup_seconds: float
+    connections: int
+    threads: int
+    load_cpus: str | None  # where wrk, h2load and the idle client run
+    workdir: Path
+
+
+@dataclass
+class Bench:
+    settings: Settings
+    targets: list[Target]  # the running ones, in rotation order
+    notes: list[str] = field(default_factory=list)
+    haproxy_small_rps: float | None = None  # sets the fixed rate of "latency" and "cpu"
+
+    def url(self, target: Target, path: str = "/") -> str:
+        return f"http://127.0.0.1:{target.port}{path}"
+
+    def rotation(self) -> list[tuple[int, Target]]:
+        """A B C A B C...: every round visits each target once, in the same order."""
+        return [(r, t) for r in range(self.settings.rounds) for t in self.targets]
+
+    def say(self, message: str) -> None:
+        print(f"bench: {message}", file=sys.stderr, flush=True)
+
+    def still_running(self, target: Target, scenario: str) -> bool:
+        if target.available:
+            return True
+        note = f"{target.name} exited during {scenario}; its later runs are missing."
+        if note not in self.notes:
+            self.notes.append(note)
+        return False
+
+
+def _try_wrk(
+    bench: Bench, target: Target, path: str, headers: tuple[str, ...], seconds: float
+) -> load.WrkResult | None:
+    s = bench.settings
+    try:
+        return load.run_wrk(
+            bench.url(target, path), seconds, s.connections, s.threads, headers, s.load_cpus
+        )
+    except ValueError as error:  # wrk printed no result: the target stopped answering
+        bench.notes.append(f"{target.name}: wrk failed on {path}: {str(error).strip()[:200]}")
+        return None
+
+
+def _throughput(
+    bench: Bench, scenario: str, path: str, headers: tuple[str, ...], goal: Goal | None
+) -> list[Row]:
+    s = bench.settings
+    rate = Row(scenario, "req/s", goal=goal)
+    busy = Row(scenario, "proxy CPU %")
+    for target in bench.targets:
+        _try_wrk(bench, target, path, headers, s.warmup_seconds)
+    for round_index, target in bench.rotation():
+        if not bench.still_running(target, scenario):
+            continue
+        bench.say(f"{scenario} round {round_index + 1}/{s.rounds}: {target.name}")
+        cpu_before = procfs.cpu_seconds(target.pid)
+        result = _try_wrk(bench, target, path, headers, s.seconds)
+        cpu_used = procfs.cpu_seconds(target.pid) - cpu_before
+        if result is None:
+            continue
+        rate.runs.setdefault(target.name, []).append(result.requests_per_second)
+        busy.runs.setdefault(target.name, []).append(100 * cpu_used / result.seconds)
+        if result.errors:
+            bench.notes.append(
+                f"{scenario}, round {round_index + 1}: {target.name} had {result.errors} "
+                f"errors in {result.requests} requests."
+            )
+    if scenario == "small" and rate.median(HAPROXY) is not None:
+        bench.haproxy_small_rps = rate.median(HAPROXY)
+    return [rate, busy]
+
+
+def small(bench: Bench) -> list[Row]:
+    return _throughput(bench, "small", "/", (), Goal("ratio_at_least", 1.0))
+
+
+def large(bench: Bench) -> list[Row]:
+    return _throughput(bench, "50k", "/50k", (), Goal("ratio_at_least", 1.2))
+
+
+def close(bench: Bench) -> list[Row]:
+    return _throughput(bench, "close", "/", ("Connection: close",), None)
+
+
+def _fixed_rate(bench: Bench) -> float | None:
+    """Half of HAProxy's maximum on small answers, measured now if "small" did not run."""
+    if bench.haproxy_small_rps is None:
+        haproxy = next((t for t in bench.targets if t.name == HAPROXY), None)
+        if haproxy is None:
+            return None
+        s = bench.settings
+        _try_wrk(bench, haproxy, "/", (), s.warmup_seconds)
+        result = _try_wrk(bench, haproxy, "/", (), s.seconds)
+        if result is None:
+            return None
+        bench.haproxy_small_rps = result.requests_per_second
+        bench.notes.append(
+            f"Fixed rate calibrated by one {s.seconds:g} s wrk run on HAProxy "
+            f"({result.requests_per_second:,.0f} req/s), since 'small' did not run."
+        )
+    return bench.haproxy_small_rps / 2
+
+
+def latency_and_cpu(bench: Bench) -> list[Row]:
+    """p50/p99 and proxy CPU per request at half of HAProxy's maximum rate (h2load --rps)."""
+    p50 = Row("latency", "p50 ms")
+    p99 = Row("latency", "p99 ms", goal=Goal("haproxy_plus_at_most", 0.5))
+    cpu = Row("cpu", "proxy CPU µs/req")
+    rate = _fixed_rate(bench)
+    if rate is None:
+        for row in (p50, p99, cpu):
+            row.skipped = "no HAProxy maximum, so no rate to hold"
+        return [p50, p99, cpu]
+    s = bench.settings
+    clients = s.connections
+    log_path = s.workdir / "h2load.log"
+    for target in bench.targets:
+        load.run_h2load(bench.url(target), rate, s.warmup_seconds, clients, log_path, s.load_cpus)
+    for round_index, target in bench.rotation():
+        if not bench.still_running(target, "latency"):
+            continue
+        bench.say(f"fixed rate round {round_index + 1}/{s.rounds}: {target.name}")
+        cpu_before = procfs.cpu_seconds(target.pid)
+        result = load.run_h2load(bench.url(target), rate, s.seconds, clients, log_path, s.load_cpus)
+        cpu_used = procfs.cpu_seconds(target.pid) - cpu_before
+        p50.runs.setdefault(target.name, []).append(result.p50_ms)
+        p99.runs.setdefault(target.name, []).append(result.p99_ms)
+        if result.requests:
+            cpu.runs.setdefault(target.name, []).append(1e6 * cpu_used / result.requests)
+        if result.errors or result.requests_per_second < 0.95 * rate:
+            bench.notes.append(
+                f"latency, round {round_index + 1}: {target.name} held "
+                f"{result.requests_per_second:,.0f} of {rate:,.0f} req/s "
+                f"with {result.errors} errors."
+            )
+    bench.notes.append(
+        f"latency/cpu: h2load --h1 --rps, {clients} connections, fixed total rate "
+        f"{rate:,.0f} req/s (half of HAProxy's median in 'small'); percentiles from "
+        "h2load's per-request log; CPU = utime+stime of the proxy's process tree / requests."
+    )
+    return [p50, p99, cpu]
+
+
+def idle_memory(bench: Bench) -> list[Row]:
+    """RSS growth per idle keep-alive client connection, once per target.
+
+    Measured once on each process: memory freed after the first round is not
+    always handed back to the OS, so a second round would undercount.
+    """
+    row = Row("idle_memory", "KB/conn", goal=Goal("at_most", 2.5))
+    for target in bench.targets:
+        if not bench.still_running(target, "idle_memory"):
+            continue
+        bench.say(f"idle_memory: {target.name}")
+        before = procfs.rss_kib(target.pid)
+        argv = [sys.executable, "-m", "bench.idle_client", str(target.port), str(IDLE_CONNECTIONS)]
+        with subprocess.Popen(
+            [*pinned(bench.settings.load_cpus), *argv],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        ) as client:
+            assert client.stdin is not None and client.stdout is not None
+            ready = client.stdout.readline().split()  # blocks until all are open
+            after = procfs.rss_kib(target.pid)
+            client.stdin.close()
+            client.wait(IDLE_READY_TIMEOUT_SECONDS)
+        if len(ready) != 3 or ready[0] != "READY" or int(ready[1]) == 0:
+            bench.notes.append(f"idle_memory: the client could not connect to {target.name}.")
+            continue
+        opened, failed = int(ready[1]), int(ready[2])
+        row.runs[target.name] = [(after - before) / opened]
+        if failed:
+            bench.notes.append(f"idle_memory: {target.name} refused {failed} connections.")
+    bench.notes.append(
+        f"idle_memory: {IDLE_CONNECTIONS:,} keep-alive connections, one request answered on "
+        "each, then idle; (VmRSS with - VmRSS before) / connections, summed over the "
+        "proxy's process tree, one measurement per proxy (KB = 1024 bytes)."
+    )
+    return [row]
+
+
+def https(bench: Bench) -> list[Row]:
+    return [Row("https", "req/s", skipped="needs TLS termination (issue 7)")]
+
+
+SCENARIOS: dict[str, Callable[[Bench], list[Row]]] = {
+    "small": small,
+    "50k": large,
+    "close": close,
+    "latency": latency_and_cpu,
+    "cpu": latency_and_cpu,
+    "idle_memory": idle_memory,
+    "https": https,
+}
+
+
+def run(names: list[str], bench: Bench) -> list[Row]:
+    rows: list[Row] = []
+    done: set[Callable[[Bench], list[Row]]] = set()
+    for name in names:
+        scenario = SCENARIOS[name]
+        if scenario in done:
+            continue  # "latency" and "cpu" share one fixed-rate pass
+        done.add(scenario)
+        rows += [row for row in scenario(bench) if row.scenario in names]
+    return rows

@@ -1,0 +1,3 @@
+"""maitred: a load balancer and health-check system."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,312 @@
+"""The typed, immutable model of a maitred configuration.
+
+These classes mirror the YAML of CONTRACT.md one to one: every mapping in the
+file is a frozen pydantic model that forbids unknown keys, lists become tuples,
+``pools`` becomes a read-only mapping, durations become float seconds and
+``HOST:PORT`` strings become :class:`Address` values. Validating a ``Config``
+checks each field on its own (ranges, enumerations, formats) and then the rules
+that span fields (a route naming an existing pool, unique listener names and
+binds, ...) from :mod:`maitred.config.checks`. Nothing here reads files or knows
+about line numbers; :mod:`maitred.config.loader` does that and turns validation
+errors into ``path: message (line N)`` problems. Because a ``Config`` can never
+change after it is built, a reload builds a new one and swaps it in whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationInfo,
+    WrapSerializer,
+    model_validator,
+)
+from pydantic import SerializerFunctionWrapHandler as SerializeNext
+
+from maitred.config.checks import SKIP_CROSS_CHECKS, cross_field_issues, unknown_choice
+from maitred.config.scalars import (
+    Address,
+    BindAddress,
+    Duration,
+    PositiveDuration,
+    ServerAddress,
+    format_duration,
+    parse_duration,
+    parse_key_spec,
+)
+
+__all__ = [
+    "ALGORITHMS",
+    "Address",
+    "AdminConfig",
+    "CertificateFiles",
+    "Config",
+    "ConnectionPoolSettings",
+    "Duration",
+    "HealthCheck",
+    "Listener",
+    "ListenerLimits",
+    "ListenerTimeouts",
+    "Pool",
+    "PoolTimeouts",
+    "PositiveDuration",
+    "RateLimit",
+    "RateLimitStore",
+    "Route",
+    "RouteMatch",
+    "ServerConfig",
+    "Sticky",
+    "TlsSettings",
+    "format_duration",
+    "parse_duration",
+]
+
+ALGORITHMS: tuple[str, ...] = (
+    "round_robin",
+    "weighted_round_robin",
+    "least_connections",
+    "weighted_least_connections",
+    "ip_hash",
+    "consistent_hash",
+    "least_response_time",
+    "power_of_two",
+    "random",
+)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _parse_workers(value: object) -> int | Literal["auto"]:
+    if value == "auto":
+        return "auto"
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise ValueError("must be >= 1")
+        return value
+    raise ValueError("must be an integer >= 1 or 'auto'")
+
+
+def _known_algorithm(name: str) -> str:
+    if name in ALGORITHMS:
+        return name
+    raise ValueError(unknown_choice("algorithm", name, ALGORITHMS))
+
+
+def _absolute_path(path: str) -> str:
+    if not path.startswith("/"):
+        raise ValueError("must start with '/'")
+    return path
+
+
+def _route_host(host: str) -> str:
+    host = host.strip().lower()
+    if not host or any(char.isspace() or char in ":/" for char in host):
+        raise ValueError("must be a host name (without port or path)")
+    return host
+
+
+def _sticky_mode(mode: str) -> str:
+    return parse_key_spec(mode, plain=("cookie", "ip"), prefixed=("header",))
+
+
+def _rate_limit_key(key: str) -> str:
+    return parse_key_spec(key, plain=("client_ip",), prefixed=("header",))
+
+
+def _hash_on(key: str) -> str:
+    return parse_key_spec(key, plain=("client_ip",), prefixed=("header", "cookie"))
+
+
+def _read_only(pools: Mapping[str, Pool]) -> Mapping[str, Pool]:
+    return MappingProxyType(dict(pools))
+
+
+def _as_plain_dict(pools: Mapping[str, Pool], next_serializer: SerializeNext) -> Any:
+    return next_serializer(dict(pools))
+
+
+AbsolutePath = Annotated[str, AfterValidator(_absolute_path)]
+
+
+# --- listeners ---------------------------------------------------------------
+
+
+class CertificateFiles(_Frozen):
+    """A certificate chain and its private key, as PEM file paths."""
+
+    cert: str
+    key: str
+
+
+class TlsSettings(_Frozen):
+    """TLS termination; the certificate is chosen by SNI, the first is the default."""
+
+    certificates: tuple[CertificateFiles, ...] = Field(min_length=1)
+
+
+class RouteMatch(_Frozen):
+    """What a request must look like for a route to apply (all given parts must match)."""
+
+    host: Annotated[str, AfterValidator(_route_host)] | None = None
+    path_prefix: AbsolutePath | None = None
+
+    @model_validator(mode="after")
+    def _needs_a_condition(self) -> RouteMatch:
+        if self.host is None and self.path_prefix is None:
+            raise ValueError("needs 'host' and/or 'path_prefix'")
+        return self
+
+
+class Route(_Frozen):
+    match: RouteMatch
+    pool: str
+
+
+class RateLimit(_Frozen):
+    """A token bucket per key: ``rate`` requests per ``per``, bursting to ``burst``."""
+
+    key: Annotated[str, AfterValidator(_rate_limit_key)] = "client_ip"
+    rate: int = Field(ge=1)
+    per: PositiveDuration = 1.0
+    burst: int = Field(default=1, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _burst_defaults_to_rate(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "burst" not in data:
+            rate = data.get("rate")
+            if isinstance(rate, int) and not isinstance(rate, bool) and rate >= 1:
+                return {**data, "burst": rate}
+        return data
+
+
+class ListenerTimeouts(_Frozen):
+    client_header: PositiveDuration = 10.0
+    idle: PositiveDuration = 60.0
+
+
+class ListenerLimits(_Frozen):
+    """Request size limits; ``max_header_size`` covers the whole request head."""
+
+    max_header_size: int = Field(default=16384, ge=1)
+    max_uri_length: int = Field(default=8192, ge=1)
+    max_body_size: int | None = Field(default=None, ge=0)
+
+
+class Listener(_Frozen):
+    name: str = Field(min_length=1)
+    bind: BindAddress
+    protocol: Literal["http", "tcp"] = "http"
+    tls: TlsSettings | None = None
+    routes: tuple[Route, ...] = ()
+    pool: str | None = None
+    rate_limit: RateLimit | None = None
+    timeouts: ListenerTimeouts = ListenerTimeouts()
+    limits: ListenerLimits = ListenerLimits()
+    proxy_protocol: bool = False
+
+
+# --- pools -------------------------------------------------------------------
+
+
+class ServerConfig(_Frozen):
+    address: ServerAddress
+    weight: int = Field(default=1, ge=1, le=1000)
+    backup: bool = False
+
+
+class HealthCheck(_Frozen):
+    path: AbsolutePath = "/health"
+    interval: PositiveDuration = 5.0
+    timeout: PositiveDuration = 3.0
+    healthy_threshold: int = Field(default=2, ge=1)
+    unhealthy_threshold: int = Field(default=3, ge=1)
+
+
+class Sticky(_Frozen):
+    """Session affinity: ``cookie``, ``ip`` or ``header:NAME`` (stored lowercased)."""
+
+    mode: Annotated[str, AfterValidator(_sticky_mode)]
+    cookie: str = Field(default="LB_SESSION", min_length=1)
+    max_age: PositiveDuration = 3600.0
+
+
+class PoolTimeouts(_Frozen):
+    connect: PositiveDuration = 3.0
+    response: PositiveDuration = 30.0
+
+
+class ConnectionPoolSettings(_Frozen):
+    """Idle keep-alive connections kept per server (``max_idle: 0`` disables reuse)."""
+
+    max_idle: int = Field(default=64, ge=0)
+    idle_timeout: PositiveDuration = 60.0
+
+
+class Pool(_Frozen):
+    algorithm: Annotated[str, AfterValidator(_known_algorithm)] = "round_robin"
+    # May be empty: servers can be added at runtime through the admin API.
+    servers: tuple[ServerConfig, ...] = ()
+    health_check: HealthCheck | None = None
+    sticky: Sticky | None = None
+    timeouts: PoolTimeouts = PoolTimeouts()
+    connection_pool: ConnectionPoolSettings = ConnectionPoolSettings()
+    send_proxy_protocol: Literal["v1", "v2"] | None = None
+    hash_on: Annotated[str, AfterValidator(_hash_on)] | None = None
+    balance_factor: float = Field(default=0.25, gt=0)
+    slow_start: PositiveDuration | None = None
+
+
+# --- the whole file ----------------------------------------------------------
+
+
+class AdminConfig(_Frozen):
+    bind: BindAddress
+    token: str | None = Field(default=None, min_length=1)
+
+
+class RateLimitStore(_Frozen):
+    redis: str = Field(min_length=1)
+
+
+class Config(_Frozen):
+    workers: Annotated[int | Literal["auto"], PlainValidator(_parse_workers)] = 1
+    admin: AdminConfig | None = None
+    rate_limit_store: RateLimitStore | None = None
+    listeners: tuple[Listener, ...] = Field(min_length=1)
+    pools: Annotated[
+        Mapping[str, Pool],
+        Field(min_length=1),
+        AfterValidator(_read_only),
+        WrapSerializer(_as_plain_dict),
+    ]
+    drain_timeout: Duration = 30.0
+    state_dir: str | None = None
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self, info: ValidationInfo) -> Config:
+        # The loader runs these rules itself on the raw YAML (so they are reported
+        # together with field errors, at the right line) and asks to skip them here.
+        if isinstance(info.context, Mapping) and info.context.get(SKIP_CROSS_CHECKS):
+            return self
+        issues = cross_field_issues(self.model_dump())
+        if issues:
+            raise ValueError("; ".join(str(issue) for issue in issues))
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The effective configuration as plain JSON-able data (seconds, ``HOST:PORT``)."""
+        return self.model_dump(mode="json")
+
+    def pool_for(self, listener: Listener) -> Pool | None:
+        """The default pool of ``listener`` (the one used when no route matches)."""
+        return self.pools.get(listener.pool) if listener.pool is not None else None

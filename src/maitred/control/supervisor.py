@@ -1,0 +1,105 @@
+"""The control side of a maitred process: configuration, signals, admin, stop.
+
+It owns the configuration and hands immutable copies to the data side (one
+in-process worker today; several worker processes fed through a control
+channel later). SIGHUP re-reads the file; SIGTERM/SIGINT drain and exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+from maitred.config import Config, ConfigError, load_config
+from maitred.control.admin import AdminServer
+from maitred.control.worker import Worker
+
+log = logging.getLogger("maitred")
+
+
+class Supervisor:
+    def __init__(self, config: Config, config_path: Path | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.worker: Worker | None = None
+        self.admin: AdminServer | None = None
+        self._stop = asyncio.Event()
+        self._reloading: asyncio.Task[bool] | None = None
+        #: Called once listeners are bound (tests and `maitred demo` use it).
+        self.on_ready: Callable[[Supervisor], None] | None = None
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.worker = Worker(loop)
+        await self.worker.apply(self.config)
+        if self.config.admin is not None:
+            self.admin = AdminServer(self._readiness)
+            await self.admin.start(self.config.admin.bind.host, self.config.admin.bind.port)
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        log.info("maitred ready")
+        if self.on_ready is not None:
+            self.on_ready(self)
+        await self._stop.wait()
+        return await self._shutdown()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        if self._reloading is None or self._reloading.done():
+            self._reloading = asyncio.get_running_loop().create_task(self.reload())
+
+    async def reload(self) -> bool:
+        """Re-read the configuration file; keep the running one when it is invalid."""
+        if self.config_path is None:
+            log.info("reload requested, but no configuration file is in use")
+            return False
+        try:
+            config = await asyncio.to_thread(load_config, self.config_path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("reload refused: %s", problem)
+            return False
+        assert self.worker is not None
+        try:
+            await self.worker.apply(config)
+        except OSError as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            await self.worker.apply(self.config)
+            return False
+        self.config = config
+        log.info("configuration reloaded from %s", self.config_path)
+        return True
+
+    async def _shutdown(self) -> int:
+        assert self.worker is not None
+        log.info("stopping: draining in-flight requests (up to %ss)", self.config.drain_timeout)
+        drained = await self.worker.drain(self.config.drain_timeout)
+        if not drained:
+            log.warning("drain timeout reached; remaining connections were closed")
+        if self.admin is not None:
+            await self.admin.close()
+        log.info("stopped")
+        return 0
+
+    def _readiness(self) -> tuple[bool, dict[str, object]]:
+        worker = self.worker
+        if worker is None:
+            return False, {"reason": "starting"}
+        not_ready = []
+        for listener in self.config.listeners:
+            if listener.name not in worker.listeners:
+                not_ready.append(f"listener {listener.name} not bound")
+                continue
+            pool_name = listener.pool
+            if pool_name is None:
+                continue
+            pool = worker.pools.get(pool_name)
+            if pool is None or not any(s.available for s in pool.balancer.servers):
+                not_ready.append(f"pool {pool_name} has no available server")
+        return not not_ready, {"problems": not_ready}

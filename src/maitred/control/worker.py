@@ -1,0 +1,210 @@
+"""The data plane of one process: listeners bound, runtime built from a Config.
+
+The control side hands a worker an immutable ``Config``; the worker turns it
+into the routing objects its connections read and swaps them in. Servers that
+survive a reload keep their ``LiveServer`` (active counts, latency figures) and
+their idle connections, so a reload drops nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from dataclasses import dataclass
+
+from maitred.balancing import Balancer
+from maitred.balancing.base import LiveServer
+from maitred.config import Config, Listener, Pool
+from maitred.proxy.http1 import ClientConnection, DataPlane
+from maitred.proxy.routing import ListenerRuntime, ListenerSlot, PoolRuntime, RouteRuntime
+from maitred.proxy.upstream import ServerConnections
+
+log = logging.getLogger("maitred.worker")
+
+
+@dataclass(eq=False, slots=True)
+class BoundListener:
+    bind: str
+    slot: ListenerSlot
+    server: asyncio.Server
+
+
+def server_id(pool_name: str, host: str, port: int) -> str:
+    return f"{pool_name}-{host}-{port}"
+
+
+class Worker:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.plane = DataPlane(loop)
+        self.listeners: dict[str, BoundListener] = {}
+        self.pools: dict[str, PoolRuntime] = {}
+        self._live: dict[str, LiveServer] = {}
+        self._connections: dict[tuple[str, int], ServerConnections] = {}
+
+    # -- configuration -----------------------------------------------------------
+
+    async def apply(self, config: Config) -> None:
+        """Make ``config`` the one new requests see; bind and unbind listeners to match."""
+        now = self.loop.time()
+        pools = {name: self._pool_runtime(name, pool, now) for name, pool in config.pools.items()}
+        self.pools = pools
+        self._drop_unused_connections(pools)
+
+        wanted: dict[str, tuple[Listener, ListenerRuntime]] = {}
+        for listener in config.listeners:
+            if listener.protocol != "http":
+                raise NotImplementedError(
+                    f"listeners.{listener.name}: protocol tcp is not built yet"
+                )
+            wanted[listener.name] = (listener, _listener_runtime(listener, pools))
+
+        for name in list(self.listeners):
+            bound = self.listeners[name]
+            if name not in wanted or str(wanted[name][0].bind) != bound.bind:
+                bound.server.close()
+                del self.listeners[name]
+                log.info("listener %s on %s closed", name, bound.bind)
+        for name, (listener, runtime) in wanted.items():
+            bound_listener = self.listeners.get(name)
+            if bound_listener is not None:
+                bound_listener.slot.runtime = runtime
+                continue
+            slot = ListenerSlot(runtime)
+            server = await self._bind(listener, slot)
+            self.listeners[name] = BoundListener(str(listener.bind), slot, server)
+            log.info("listener %s serving on %s", name, ", ".join(self.bound_addresses(name)))
+
+    def _pool_runtime(self, name: str, pool: Pool, now: float) -> PoolRuntime:
+        servers: list[LiveServer] = []
+        for server in pool.servers:
+            key = server_id(name, server.address.host, server.address.port)
+            live = self._live.get(key)
+            if live is None:
+                live = LiveServer(
+                    key, server.address.host, server.address.port, available_since=now
+                )
+                self._live[key] = live
+            live.weight = server.weight
+            live.backup = server.backup
+            servers.append(live)
+        previous = self.pools.get(name)
+        if previous is not None and previous.balancer.algorithm == pool.algorithm:
+            balancer = previous.balancer
+            balancer.set_servers(servers, now)
+        else:
+            balancer = Balancer(
+                pool.algorithm,
+                servers,
+                hash_on=pool.hash_on,
+                balance_factor=pool.balance_factor,
+                slow_start=pool.slow_start,
+                now=now,
+            )
+        connections = {}
+        for live in servers:
+            address = (live.host, live.port)
+            conns = self._connections.get(address)
+            if conns is None:
+                conns = ServerConnections(
+                    self.loop,
+                    live.host,
+                    live.port,
+                    pool.connection_pool.max_idle,
+                    pool.connection_pool.idle_timeout,
+                )
+                self._connections[address] = conns
+            else:
+                conns.max_idle = pool.connection_pool.max_idle
+                conns.idle_timeout = pool.connection_pool.idle_timeout
+            connections[live] = conns
+        hash_on = pool.hash_on or ""
+        return PoolRuntime(
+            name=name,
+            balancer=balancer,
+            connect_timeout=pool.timeouts.connect,
+            response_timeout=pool.timeouts.response,
+            connections=connections,
+            needs_headers=hash_on.startswith(("header:", "cookie:")),
+        )
+
+    def _drop_unused_connections(self, pools: dict[str, PoolRuntime]) -> None:
+        in_use = {(s.host, s.port) for p in pools.values() for s in p.connections}
+        for address in list(self._connections):
+            if address not in in_use:
+                self._connections.pop(address).close_idle()
+        live_ids = {s.id for p in pools.values() for s in p.connections}
+        for key in list(self._live):
+            if key not in live_ids:
+                del self._live[key]
+
+    async def _bind(self, listener: Listener, slot: ListenerSlot) -> asyncio.Server:
+        plane = self.plane
+        host = listener.bind.host
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        return await self.loop.create_server(
+            lambda: ClientConnection(plane, slot),
+            host,
+            listener.bind.port,
+            family=family,
+            backlog=4096,
+            reuse_address=True,
+        )
+
+    # -- inspection --------------------------------------------------------------
+
+    def bound_addresses(self, name: str) -> list[str]:
+        bound = self.listeners[name]
+        addresses = []
+        for sock in bound.server.sockets:
+            host, port = sock.getsockname()[:2]
+            addresses.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        return addresses
+
+    def servers(self) -> list[tuple[str, LiveServer]]:
+        return [(name, s) for name, pool in self.pools.items() for s in pool.balancer.servers]
+
+    # -- stopping ----------------------------------------------------------------
+
+    def stop_listening(self) -> None:
+        for bound in self.listeners.values():
+            bound.server.close()
+
+    async def drain(self, timeout: float) -> bool:
+        """Let in-flight requests finish; True when every connection closed in time."""
+        self.stop_listening()
+        self.plane.stop_accepting_requests()
+        try:
+            await asyncio.wait_for(self.plane.drained.wait(), timeout)
+            drained = True
+        except TimeoutError:
+            drained = False
+            for conn in list(self.plane.connections):
+                if conn.transport is not None:
+                    conn.transport.abort()
+        for conns in self._connections.values():
+            conns.close_idle()
+        return drained
+
+
+def _listener_runtime(listener: Listener, pools: dict[str, PoolRuntime]) -> ListenerRuntime:
+    routes = tuple(
+        RouteRuntime(
+            host=route.match.host.encode() if route.match.host else None,
+            path_prefix=route.match.path_prefix.encode() if route.match.path_prefix else None,
+            pool=pools[route.pool],
+        )
+        for route in listener.routes
+    )
+    return ListenerRuntime(
+        name=listener.name,
+        routes=routes,
+        default_pool=pools[listener.pool] if listener.pool else None,
+        scheme=b"https" if listener.tls else b"http",
+        header_timeout=listener.timeouts.client_header,
+        idle_timeout=listener.timeouts.idle,
+        max_header_size=listener.limits.max_header_size,
+        max_uri_length=listener.limits.max_uri_length,
+        max_body_size=listener.limits.max_body_size,
+    )

@@ -1,0 +1,116 @@
+"""Header classification and the balancer's own answers.
+
+Both directions rebuild the head from the parser's callbacks: ordinary headers
+are copied through byte for byte, hop-by-hop ones are dropped, and framing is
+re-declared once (Content-Length or chunked, never both), so what leaves the
+balancer is never ambiguous.
+"""
+
+from __future__ import annotations
+
+# What the proxy does with a header, keyed by its lowercased name. Anything not
+# listed is ordinary: copied through unchanged, in order.
+HOST = 1
+CONNECTION = 2
+HOP_BY_HOP = 3
+CONTENT_LENGTH = 4
+TRANSFER_ENCODING = 5
+FORWARDED_FOR = 6
+FORWARDED_REPLACED = 7
+REQUEST_ID = 8
+UPGRADE = 9
+
+REQUEST_HEADER_KINDS: dict[bytes, int] = {
+    b"host": HOST,
+    b"connection": CONNECTION,
+    b"keep-alive": HOP_BY_HOP,
+    b"te": HOP_BY_HOP,
+    b"trailer": HOP_BY_HOP,
+    b"upgrade": UPGRADE,
+    b"proxy-connection": HOP_BY_HOP,
+    b"proxy-authorization": HOP_BY_HOP,
+    b"proxy-authenticate": HOP_BY_HOP,
+    b"content-length": CONTENT_LENGTH,
+    b"transfer-encoding": TRANSFER_ENCODING,
+    b"x-forwarded-for": FORWARDED_FOR,
+    b"x-forwarded-proto": FORWARDED_REPLACED,
+    b"x-forwarded-host": FORWARDED_REPLACED,
+    b"x-request-id": REQUEST_ID,
+}
+
+RESPONSE_HEADER_KINDS: dict[bytes, int] = {
+    b"connection": CONNECTION,
+    b"keep-alive": HOP_BY_HOP,
+    b"te": HOP_BY_HOP,
+    b"trailer": HOP_BY_HOP,
+    b"upgrade": HOP_BY_HOP,
+    b"proxy-connection": HOP_BY_HOP,
+    b"proxy-authenticate": HOP_BY_HOP,
+    b"proxy-authorization": HOP_BY_HOP,
+    b"content-length": CONTENT_LENGTH,
+    b"transfer-encoding": TRANSFER_ENCODING,
+    b"x-request-id": REQUEST_ID,
+}
+
+# Connection options that name no header (RFC 9110 section 7.6.1).
+CONNECTION_OPTIONS_WITHOUT_HEADER = frozenset({b"close", b"keep-alive", b"upgrade"})
+
+REASONS: dict[int, bytes] = {
+    400: b"Bad Request",
+    404: b"Not Found",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    501: b"Not Implemented",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
+}
+
+
+def connection_named_headers(value: bytes) -> list[bytes]:
+    """The header names a Connection header lists besides its plain options."""
+    names = []
+    for token in value.split(b","):
+        token = token.strip().lower()
+        if token and token not in CONNECTION_OPTIONS_WITHOUT_HEADER:
+            names.append(token)
+    return names
+
+
+def drop_named_headers(parts: list[bytes], names: list[bytes]) -> list[bytes]:
+    """Remove headers from a flat ``[name, b": ", value, b"\\r\\n", ...]`` list."""
+    kept: list[bytes] = []
+    for i in range(0, len(parts), 4):
+        if parts[i].lower() not in names:
+            kept += parts[i : i + 4]
+    return kept
+
+
+def error_response(
+    status: int,
+    reason_text: str,
+    *,
+    close: bool,
+    request_id: bytes | None = None,
+    extra_headers: tuple[tuple[bytes, bytes], ...] = (),
+) -> bytes:
+    """A small plain-text answer from the balancer itself, naming why."""
+    body = f"{status} {REASONS.get(status, b'').decode()}: {reason_text}\n".encode()
+    lines = [
+        b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b"Error")),
+        b"Content-Type: text/plain; charset=utf-8\r\n",
+        b"Content-Length: %d\r\n" % len(body),
+        b"Cache-Control: no-store\r\n",
+    ]
+    if request_id is not None:
+        lines.append(b"X-Request-Id: " + request_id + b"\r\n")
+    for name, value in extra_headers:
+        lines.append(name + b": " + value + b"\r\n")
+    lines.append(b"Connection: close\r\n\r\n" if close else b"\r\n")
+    lines.append(body)
+    return b"".join(lines)

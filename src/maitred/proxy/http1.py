@@ -1,0 +1,738 @@
+"""The client side of an HTTP/1.1 listener: parse, route, pick, forward.
+
+One ``ClientConnection`` per accepted connection, driven by httptools callbacks
+(no Streams, no coroutine per request). Each request becomes an ``Exchange``
+that owns the request's framing state and, once dispatched, one upstream
+connection. Pipelined requests queue behind the active exchange and are
+answered in order; while one waits, reading from the client pauses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections import deque
+from typing import TYPE_CHECKING
+
+import httptools
+
+from maitred.proxy.deadline import Deadline
+from maitred.proxy.framing import (
+    CONNECTION,
+    CONTENT_LENGTH,
+    FORWARDED_FOR,
+    HOST,
+    REQUEST_HEADER_KINDS,
+    REQUEST_ID,
+    TRANSFER_ENCODING,
+    UPGRADE,
+    connection_named_headers,
+    drop_named_headers,
+    error_response,
+)
+from maitred.proxy.upstream import CHUNK_END, CRLF, UpstreamConnection
+
+if TYPE_CHECKING:
+    from maitred.balancing.base import LiveServer
+    from maitred.proxy.routing import ListenerSlot, PoolRuntime
+
+log = logging.getLogger("maitred.http")
+
+# Reasons to stop reading from a client, as bits: reading resumes when none is left.
+PAUSE_PIPELINE = 1  # a request is queued behind the active one
+PAUSE_UPSTREAM = 2  # the server's socket buffer is full
+PAUSE_BUFFERING = 4  # body bytes are waiting for a connection to the server
+
+# Body bytes kept while the server connection is being opened, before pausing.
+MAX_PENDING_BODY = 256 * 1024
+# A request is kept for a replay on a fresh connection up to this many bytes.
+MAX_REPLAY = 64 * 1024
+
+# Methods a request may be sent twice with (RFC 9110 section 9.2.2).
+IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+
+
+class Rejected(Exception):
+    """Raised inside a parser callback to stop parsing after an error answer."""
+
+
+class DataPlane:
+    """Per-process state every client connection shares."""
+
+    __slots__ = ("loop", "connections", "stopping", "_id_prefix", "_id_counter", "drained")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.connections: set[ClientConnection] = set()
+        self.stopping = False
+        self._id_prefix = os.urandom(6).hex().encode()
+        self._id_counter = 0
+        self.drained: asyncio.Event = asyncio.Event()
+
+    def new_request_id(self) -> bytes:
+        self._id_counter += 1
+        return b"%s-%x" % (self._id_prefix, self._id_counter)
+
+    def stop_accepting_requests(self) -> None:
+        """Graceful stop: idle connections close now, busy ones after their answer."""
+        self.stopping = True
+        for conn in list(self.connections):
+            conn.close_when_idle()
+        if not self.connections:
+            self.drained.set()
+
+    def forget(self, conn: ClientConnection) -> None:
+        self.connections.discard(conn)
+        if self.stopping and not self.connections:
+            self.drained.set()
+
+
+class Exchange:
+    """One request and its answer."""
+
+    __slots__ = (
+        "client",
+        "pool",
+        "server",
+        "upstream",
+        "head",
+        "method",
+        "is_head",
+        "client_http11",
+        "close_after",
+        "request_id",
+        "pending",
+        "pending_size",
+        "replay",
+        "replay_size",
+        "request_done",
+        "request_chunked",
+        "body_received",
+        "started_at",
+        "response_begun",
+        "finished",
+    )
+
+    def __init__(self, client: ClientConnection) -> None:
+        self.client = client
+        self.pool: PoolRuntime | None = None
+        self.server: LiveServer | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.head = b""
+        self.method = b""
+        self.is_head = False
+        self.client_http11 = True
+        self.close_after = False
+        self.request_id = b""
+        # Framed body bytes waiting for the server connection; None once streaming.
+        self.pending: list[bytes] | None = []
+        self.pending_size = 0
+        self.replay: list[bytes] | None = None
+        self.replay_size = 0
+        self.request_done = False
+        self.request_chunked = False
+        self.body_received = 0
+        self.started_at = 0.0
+        self.response_begun = False
+        self.finished = False
+
+    # -- called by the upstream side ---------------------------------------------
+
+    def client_wants_close(self) -> bool:
+        if not self.request_done:
+            # The server answered before the request body ended: the rest of the
+            # body cannot be told apart from a next request, so close after.
+            self.close_after = True
+        return self.close_after or self.client.closing
+
+    def force_close(self) -> None:
+        self.close_after = True
+
+    def request_fully_sent(self) -> bool:
+        return self.request_done and self.pending is None
+
+    def response_started(self, status: int) -> None:
+        self.response_begun = True
+        self.replay = None
+
+    def on_connect_done(self, task: asyncio.Task[UpstreamConnection]) -> None:
+        pool = self.pool
+        server = self.server
+        assert pool is not None and server is not None
+        if task.cancelled():
+            self._fail(502, "connect cancelled")
+            return
+        exc = task.exception()
+        if exc is not None:
+            if self.finished:
+                return
+            if isinstance(exc, TimeoutError):
+                log.warning("connect to %s timed out", server.address)
+                self._fail(504, f"connect to server {server.id} timed out")
+            else:
+                log.warning("connect to %s failed: %s", server.address, exc)
+                self._fail(502, f"connect to server {server.id} failed")
+            return
+        conn = task.result()
+        if self.finished:
+            # The client left while we were connecting: keep the connection.
+            pool.connections[server].give_back(conn)
+            return
+        self._attach(conn)
+
+    def upstream_lost(self, conn: UpstreamConnection, exc: Exception | None) -> None:
+        if self.finished:
+            return
+        if not conn.got_bytes and conn.reused and self.replay is not None:
+            # A pooled connection the server had already closed: replay on a fresh one.
+            self._replay_on_fresh_connection()
+            return
+        if self.response_begun:
+            self.client.abort_truncated(self)
+            return
+        self._fail(502, "server closed the connection without an answer")
+
+    def upstream_malformed(self, conn: UpstreamConnection, why: str) -> None:
+        if self.finished:
+            return
+        if self.response_begun:
+            self.client.abort_truncated(self)
+            return
+        self._fail(502, "malformed answer from server")
+
+    def upstream_timed_out(self, conn: UpstreamConnection) -> None:
+        if self.finished:
+            return
+        if self.response_begun:
+            self.client.abort_truncated(self)
+            return
+        self._fail(504, "server did not answer in time")
+
+    def response_complete(self, conn: UpstreamConnection, reusable: bool) -> None:
+        self.upstream = None
+        self._release_server()
+        pool = self.pool
+        server = self.server
+        if reusable and pool is not None and server is not None:
+            pool.connections[server].give_back(conn)
+        else:
+            conn.close()
+        self.client.exchange_done(self)
+
+    # -- driven by the client side -----------------------------------------------
+
+    def dispatch(self, now: float) -> None:
+        pool = self.pool
+        assert pool is not None
+        headers = self.client.header_pairs() if pool.needs_headers else ()
+        server = pool.balancer.pick(self.client.client_ip, headers, now)
+        if server is None:
+            self.client.answer_error(self, 503, f"no server available in pool {pool.name}")
+            return
+        self.server = server
+        server.active += 1
+        server.requests += 1
+        self.started_at = now
+        conn = pool.connections[server].take_idle()
+        if conn is not None:
+            conn.reused = True
+            self._attach(conn)
+        else:
+            pool.connections[server].connect(self, pool.connect_timeout)
+
+    def send_body(self, data: bytes) -> None:
+        upstream = self.upstream
+        if upstream is not None and self.pending is None and upstream.transport is not None:
+            upstream.transport.write(data)
+        elif self.pending is not None:
+            self.pending.append(data)
+            self.pending_size += len(data)
+            if self.pending_size > MAX_PENDING_BODY:
+                self.client.pause_reading(PAUSE_BUFFERING)
+        replay = self.replay
+        if replay is not None:
+            self.replay_size += len(data)
+            if self.replay_size > MAX_REPLAY:
+                self.replay = None
+            else:
+                replay.append(data)
+
+    def _attach(self, conn: UpstreamConnection) -> None:
+        pool = self.pool
+        assert pool is not None and conn.transport is not None
+        self.upstream = conn
+        conn.begin(self, pool.response_timeout)
+        pending = self.pending or []
+        self.pending = None
+        self.pending_size = 0
+        if conn.reused and self.method in IDEMPOTENT_METHODS:
+            # Kept until the first answer byte, in case the server had closed it.
+            self.replay = list(pending)
+            self.replay_size = sum(map(len, pending))
+        conn.transport.writelines([self.head, *pending])
+        if self.client.write_paused:
+            conn.transport.pause_reading()
+        self.client.resume_reading(PAUSE_BUFFERING)
+
+    def _replay_on_fresh_connection(self) -> None:
+        pool = self.pool
+        server = self.server
+        assert pool is not None and server is not None and self.replay is not None
+        self.upstream = None
+        self.pending = list(self.replay)
+        self.replay = None
+        self.replay_size = 0
+        pool.connections[server].connect(self, pool.connect_timeout)
+
+    def _release_server(self) -> None:
+        server = self.server
+        if server is not None and not self.finished:
+            server.active -= 1
+            pool = self.pool
+            if pool is not None:
+                now = self.client.loop.time()
+                pool.balancer.observe(server, now - self.started_at, now)
+        self.finished = True
+
+    def _fail(self, status: int, why: str) -> None:
+        upstream = self.upstream
+        self.upstream = None
+        if upstream is not None:
+            upstream.abort()
+        self._release_server()
+        self.client.answer_error(self, status, why)
+
+    def abandon(self) -> None:
+        """The client went away: release everything this exchange holds."""
+        upstream = self.upstream
+        self.upstream = None
+        if upstream is not None:
+            upstream.abort()
+        self._release_server()
+
+
+class ClientConnection(asyncio.Protocol):
+    __slots__ = (
+        "plane",
+        "slot",
+        "loop",
+        "transport",
+        "parser",
+        "client_ip",
+        "deadline",
+        "parsing",
+        "active",
+        "queue",
+        "paused",
+        "write_paused",
+        "closing",
+        "in_head",
+        "head_bytes",
+        "head_size",
+        "url",
+        "parts",
+        "host",
+        "forwarded_for",
+        "request_id",
+        "content_length",
+        "transfer_encoding",
+        "named_hop",
+        "host_count",
+        "upgrade",
+    )
+
+    def __init__(self, plane: DataPlane, slot: ListenerSlot) -> None:
+        self.plane = plane
+        self.slot = slot
+        self.loop = plane.loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.client_ip = ""
+        self.deadline = Deadline(plane.loop, self._on_timeout)
+        self.parsing: Exchange | None = None
+        self.active: Exchange | None = None
+        self.queue: deque[Exchange] = deque()
+        self.paused = 0
+        self.write_paused = False
+        self.closing = False
+        self.in_head = True
+        self.head_bytes = 0
+        self.head_size = 0
+        self.url = b""
+        self.parts: list[bytes] = []
+        self.host: bytes | None = None
+        self.forwarded_for: bytes | None = None
+        self.request_id: bytes | None = None
+        self.content_length: bytes | None = None
+        self.transfer_encoding: bytes | None = None
+        self.named_hop: list[bytes] | None = None
+        self.host_count = 0
+        self.upgrade = False
+
+    # -- connection lifecycle ----------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.client_ip = peer[0] if peer else ""
+        self.plane.connections.add(self)
+        self.deadline.arm(self.slot.runtime.header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.closing = True
+        self.deadline.cancel()
+        for exchange in (self.active, *self.queue):
+            if exchange is not None:
+                exchange.abandon()
+        self.active = None
+        self.queue.clear()
+        self.plane.forget(self)
+
+    def close_when_idle(self) -> None:
+        self.closing = True
+        if self.active is None and self.parsing is None and self.transport is not None:
+            self.transport.close()
+
+    def _on_timeout(self) -> None:
+        if self.transport is None:
+            return
+        if self.in_head and self.head_bytes:
+            self.transport.write(
+                error_response(408, "request headers not received in time", close=True)
+            )
+        self.transport.close()
+
+    # -- flow control ------------------------------------------------------------
+
+    def pause_reading(self, reason: int) -> None:
+        if not self.paused and self.transport is not None:
+            self.transport.pause_reading()
+        self.paused |= reason
+
+    def resume_reading(self, reason: int) -> None:
+        if self.paused & reason:
+            self.paused &= ~reason
+            if not self.paused and self.transport is not None:
+                self.transport.resume_reading()
+
+    def pause_reading_for_upstream(self) -> None:
+        self.pause_reading(PAUSE_UPSTREAM)
+
+    def resume_reading_for_upstream(self) -> None:
+        self.resume_reading(PAUSE_UPSTREAM)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        active = self.active
+        if active is not None and active.upstream is not None:
+            transport = active.upstream.transport
+            if transport is not None:
+                transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        active = self.active
+        if active is not None and active.upstream is not None:
+            transport = active.upstream.transport
+            if transport is not None:
+                transport.resume_reading()
+
+    # -- parsing -----------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing and self.active is None and self.parsing is None:
+            return
+        if self.in_head:
+            self.head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except Rejected:
+            return
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, Rejected):
+                return
+            log.exception("request handling failed")
+            self._reject(500, "internal error")
+            return
+        except httptools.HttpParserInvalidMethodError:
+            self._reject(400, "invalid method")
+            return
+        except httptools.HttpParserUpgrade:
+            self._reject(501, "protocol upgrade is not supported")
+            return
+        except httptools.HttpParserError as exc:
+            self._reject(*_classify_parse_error(str(exc)))
+            return
+        if self.in_head and self.head_bytes > self.slot.runtime.max_header_size:
+            self._reject(431, "request head too large")
+
+    def on_message_begin(self) -> None:
+        if self.closing:
+            raise Rejected
+        self.in_head = True
+        self.url = b""
+        self.head_size = 0
+        self.parts = []
+        self.host = None
+        self.forwarded_for = None
+        self.request_id = None
+        self.content_length = None
+        self.transfer_encoding = None
+        self.named_hop = None
+        self.host_count = 0
+        self.upgrade = False
+        self.deadline.arm(self.slot.runtime.header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self.head_size += len(url)
+        if len(self.url) > self.slot.runtime.max_uri_length:
+            self._reject(414, "request target too long")
+            raise Rejected
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_size += len(name) + len(value) + 4
+        if self.head_size > self.slot.runtime.max_header_size:
+            self._reject(431, "request head too large")
+            raise Rejected
+        kind = REQUEST_HEADER_KINDS.get(name.lower())
+        if kind is None:
+            self.parts += (name, b": ", value, CRLF)
+            return
+        if kind == HOST:
+            self.host = value
+            self.host_count += 1
+            self.parts += (name, b": ", value, CRLF)
+        elif kind == CONTENT_LENGTH:
+            self.content_length = value
+        elif kind == TRANSFER_ENCODING:
+            self.transfer_encoding = value
+        elif kind == FORWARDED_FOR:
+            self.forwarded_for = (
+                value if self.forwarded_for is None else self.forwarded_for + b", " + value
+            )
+        elif kind == REQUEST_ID:
+            self.request_id = value
+            self.parts += (name, b": ", value, CRLF)
+        elif kind == CONNECTION:
+            named = connection_named_headers(value)
+            if named:
+                self.named_hop = (self.named_hop or []) + named
+        elif kind == UPGRADE:
+            self.upgrade = True
+        # HOP_BY_HOP and FORWARDED_REPLACED are dropped; we set the latter ourselves.
+
+    def header_pairs(self) -> list[tuple[bytes, bytes]]:
+        parts = self.parts
+        return [(parts[i], parts[i + 2]) for i in range(0, len(parts), 4)]
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        self.head_bytes = 0
+        self.deadline.disarm()
+        runtime = self.slot.runtime
+        parser = self.parser
+        version = parser.get_http_version()
+        if version == "1.1":
+            http11 = True
+        elif version == "1.0":
+            http11 = False
+        else:
+            self._reject(505, f"HTTP/{version} is not supported")
+            raise Rejected
+        exchange = Exchange(self)
+        exchange.client_http11 = http11
+        method = parser.get_method()
+        exchange.method = method
+        exchange.is_head = method == b"HEAD"
+        exchange.close_after = not parser.should_keep_alive()
+
+        host = self.host
+        if self.host_count > 1:
+            self._reject(400, "several Host headers")
+            raise Rejected
+        if host is None and http11:
+            self._reject(400, "missing Host header")
+            raise Rejected
+
+        body_framing: bytes = b""
+        if self.transfer_encoding is not None:
+            if not http11:
+                self._reject(400, "Transfer-Encoding on HTTP/1.0")
+                raise Rejected
+            if self.transfer_encoding.strip().lower() != b"chunked":
+                self._reject(501, "only the chunked transfer coding is supported")
+                raise Rejected
+            exchange.request_chunked = True
+            body_framing = b"Transfer-Encoding: chunked\r\n"
+        elif self.content_length is not None:
+            if (
+                runtime.max_body_size is not None
+                and int(self.content_length) > runtime.max_body_size
+            ):
+                self._reject(413, "request body too large")
+                raise Rejected
+            body_framing = b"Content-Length: " + self.content_length + CRLF
+
+        request_id = self.request_id
+        if request_id is None:
+            request_id = self.plane.new_request_id()
+            request_id_line = b"X-Request-Id: " + request_id + CRLF
+        else:
+            request_id_line = b""
+        exchange.request_id = request_id
+
+        forwarded_for = self.client_ip.encode()
+        if self.forwarded_for is not None:
+            forwarded_for = self.forwarded_for + b", " + forwarded_for
+        parts = self.parts
+        if self.named_hop:
+            parts = drop_named_headers(parts, self.named_hop)
+        url = self.url
+        exchange.head = b"".join(
+            (
+                method,
+                b" ",
+                url,
+                b" HTTP/1.1\r\n",
+                *parts,
+                b"X-Forwarded-For: ",
+                forwarded_for,
+                b"\r\nX-Forwarded-Proto: ",
+                runtime.scheme,
+                b"\r\nX-Forwarded-Host: ",
+                host or b"",
+                CRLF,
+                request_id_line,
+                body_framing,
+                CRLF,
+            )
+        )
+        self.parsing = exchange
+        pool = runtime.route(host or b"", url)
+        if self.active is None:
+            self.active = exchange
+            if pool is None:
+                self.answer_error(exchange, 404, "no route matches this request")
+                return
+            exchange.pool = pool
+            exchange.dispatch(self.loop.time())
+        else:
+            exchange.pool = pool
+            self.queue.append(exchange)
+            self.pause_reading(PAUSE_PIPELINE)
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self.parsing
+        if exchange is None:
+            return
+        exchange.body_received += len(body)
+        limit = self.slot.runtime.max_body_size
+        if limit is not None and exchange.body_received > limit:
+            exchange.abandon()
+            if exchange.response_begun:
+                self.abort_truncated(exchange)
+            else:
+                self._reject(413, "request body too large")
+            raise Rejected
+        if exchange.finished:
+            return  # answered already (an error): the rest of the body is discarded
+        if exchange.request_chunked:
+            exchange.send_body(b"%x\r\n%b\r\n" % (len(body), body))
+        else:
+            exchange.send_body(body)
+
+    def on_message_complete(self) -> None:
+        exchange = self.parsing
+        self.parsing = None
+        self.in_head = True
+        if exchange is None:
+            return
+        if exchange.request_chunked and not exchange.finished:
+            exchange.send_body(CHUNK_END)
+        exchange.request_done = True
+        if exchange.finished and exchange is self.active:
+            # The answer went out before the request ended (an error answer).
+            self.exchange_done(exchange)
+
+    # -- answering ---------------------------------------------------------------
+
+    def write_response(self, out: list[bytes]) -> None:
+        transport = self.transport
+        if transport is not None:
+            transport.writelines(out)
+
+    def exchange_done(self, exchange: Exchange) -> None:
+        if exchange is not self.active:
+            return
+        if not exchange.request_done:
+            # Wait for the rest of the request (being discarded) before moving on,
+            # unless the connection closes anyway.
+            if exchange.close_after:
+                self._close()
+            return
+        self.active = None
+        self.resume_reading(PAUSE_UPSTREAM)
+        if exchange.close_after or (self.closing and not self.queue):
+            self._close()
+            return
+        if self.queue:
+            nxt = self.queue.popleft()
+            self.active = nxt
+            if not self.queue:
+                self.resume_reading(PAUSE_PIPELINE)
+            if nxt.pool is None:
+                self.answer_error(nxt, 404, "no route matches this request")
+            else:
+                nxt.dispatch(self.loop.time())
+            return
+        if self.parsing is None:
+            self.deadline.arm(self.slot.runtime.idle_timeout)
+
+    def answer_error(self, exchange: Exchange, status: int, why: str) -> None:
+        """Answer an exchange from the balancer itself (502, 503, 504, 404)."""
+        exchange.finished = True
+        exchange.response_begun = True
+        transport = self.transport
+        if transport is not None:
+            transport.write(
+                error_response(
+                    status,
+                    why,
+                    close=exchange.close_after or self.closing,
+                    request_id=exchange.request_id,
+                )
+            )
+        # Before the request's end the rest of its body is read and discarded;
+        # on_message_complete then moves on.
+        self.exchange_done(exchange)
+
+    def abort_truncated(self, exchange: Exchange) -> None:
+        """The answer broke after it began: the client must see it cut, not short."""
+        exchange.abandon()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _reject(self, status: int, why: str) -> None:
+        """A malformed request: answer, stop parsing, close."""
+        self.closing = True
+        transport = self.transport
+        if transport is not None:
+            log.info("rejecting request from %s: %d %s", self.client_ip, status, why)
+            transport.write(error_response(status, why, close=True))
+            transport.close()
+
+    def _close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _classify_parse_error(message: str) -> tuple[int, str]:
+    lowered = message.lower()
+    if "transfer-encoding" in lowered and "content-length" not in lowered:
+        return 501 if "invalid `transfer-encoding`" in lowered else 400, message
+    if "http version" in lowered:
+        return 505, message
+    return 400, message

@@ -1,0 +1,207 @@
+"""The benchmark suite's pure parts: output parsing, tables and generated configs.
+
+No load runs here; the configs are checked by the programs that will read
+them (haproxy -c, nginx -t, maitred check) when those are installed.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bench import load, nginx, origins, report, targets
+from bench.profile import top_functions
+from bench.report import Goal, Row
+
+WRK_CLEAN = """Running 3s test @ http://127.0.0.1:60311/
+  1 threads and 50 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.04ms    0.94ms  11.29ms   91.54%
+    Req/Sec    54.59k    13.98k   66.51k    80.00%
+  162973 requests in 3.01s, 20.05MB read
+Requests/sec:  54218.16
+Transfer/sec:      6.67MB
+"""
+
+WRK_WITH_ERRORS = """Running 1s test @ http://127.0.0.1:50845/nothere
+  1 threads and 20 connections
+  92697 requests in 1.10s, 27.23MB read
+  Socket errors: connect 1, read 2, write 3, timeout 4
+  Non-2xx or 3xx responses: 90
+Requests/sec:  84282.80
+"""
+
+ORIGIN_PORTS = [9101, 9102, 9103, 9104]
+
+
+def test_parse_wrk_reads_rate_count_and_duration() -> None:
+    result = load.parse_wrk(WRK_CLEAN)
+    assert result == load.WrkResult(162973, 3.01, 54218.16, 0)
+
+
+def test_parse_wrk_counts_socket_errors_and_bad_statuses() -> None:
+    assert load.parse_wrk(WRK_WITH_ERRORS).errors == 1 + 2 + 3 + 4 + 90
+
+
+def test_parse_wrk_rejects_output_without_a_result() -> None:
+    with pytest.raises(ValueError, match="unable to connect"):
+        load.parse_wrk("unable to connect to 127.0.0.1:1 Connection refused\n")
+
+
+def test_wrk_command_carries_headers_and_duration() -> None:
+    argv = load.wrk_command("http://x/", 2.5, 50, 1, ("Connection: close",))
+    assert argv[1:] == ["-t1", "-c50", "-d2.5s", "-H", "Connection: close", "http://x/"]
+
+
+def test_h2load_command_spreads_the_rate_over_clients() -> None:
+    argv = load.h2load_command("http://x/", 10_000, 10, 50, Path("/tmp/log"))
+    assert "--rps=200" in argv and "--clients=50" in argv and "--h1" in argv
+
+
+def test_h2load_log_gives_percentiles_and_counts_failures() -> None:
+    rows = [f"1700000000{i:06d}\t200\t{1000 * (i + 1)}" for i in range(100)]
+    rows += ["1700000000999999\t503\t10", "1700000000999999\t-1\t0"]
+    result = load.parse_h2load_log("\n".join(rows) + "\n", seconds=2)
+    assert result.requests == 100
+    assert result.requests_per_second == 50
+    assert result.p50_ms == 50.0
+    assert result.p99_ms == 99.0
+    assert result.errors == 2
+
+
+def test_percentile_is_nearest_rank_and_nan_when_empty() -> None:
+    assert load.percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.0
+    assert load.percentile([1.0, 2.0, 3.0, 4.0], 0.99) == 4.0
+    assert math.isnan(load.percentile([], 0.5))
+
+
+def test_median_ignores_missing_values_and_ratio_handles_absence() -> None:
+    assert report.median([3.0, math.nan, 1.0, 2.0]) == 2.0
+    assert report.median([]) is None
+    assert report.ratio(3.0, 2.0) == 1.5
+    assert report.ratio(None, 2.0) is None
+    assert report.ratio(1.0, 0.0) is None
+
+
+def test_goals_compare_maitred_with_haproxy() -> None:
+    assert Goal("ratio_at_least", 1.2).met(120.0, 100.0) is True
+    assert Goal("ratio_at_least", 1.2).met(119.0, 100.0) is False
+    assert Goal("haproxy_plus_at_most", 0.5).met(1.5, 1.0) is True
+    assert Goal("haproxy_plus_at_most", 0.5).met(1.6, 1.0) is False
+    assert Goal("at_most", 2.5).met(2.4, None) is True
+    assert Goal("ratio_at_least", 1.0).met(None, 100.0) is None
+
+
+def test_table_shows_medians_ratios_and_goal() -> None:
+    rows = [
+        Row(
+            "small",
+            "req/s",
+            {"maitred": [30000, 33000, 31000], "HAProxy": [30000, 29000], "NGINX": [20000]},
+            Goal("ratio_at_least", 1.0),
+        ),
+        Row("https", "req/s", skipped="needs TLS termination (issue 7)"),
+    ]
+    lines = report.table(rows).splitlines()
+    assert lines[0].startswith("| scenario | metric | maitred | HAProxy | NGINX |")
+    # medians 31,000 / 29,500 / 20,000 -> ratios 1.05 and 1.55
+    assert lines[2] == (
+        "| small | req/s | 31,000 | 29,500 | 20,000 | 1.05 | 1.55 | ≥ 1× HAProxy | yes |"
+    )
+    assert "skipped: needs TLS termination (issue 7)" in lines[3]
+
+
+def test_table_says_na_for_a_target_that_did_not_run() -> None:
+    row = Row("small", "req/s", {"HAProxy": [100.0], "NGINX": [90.0]}, Goal("ratio_at_least", 1))
+    assert "| small | req/s | n/a | 100 | 90.0 | n/a | n/a | ≥ 1× HAProxy | n/a |" in report.table(
+        [row]
+    )
+
+
+def test_results_markdown_names_command_machine_and_notes() -> None:
+    text = report.results_markdown(
+        [Row("small", "req/s", {"maitred": [1.0, 2.0]})],
+        "python -m bench --quick",
+        "2026-01-01 00:00 UTC",
+        {"nproc": "2", "kernel": "6.1"},
+        ["NGINX has no active health checks."],
+    )
+    assert "`python -m bench --quick`" in text
+    assert "- nproc: 2" in text
+    assert "- small req/s: maitred 1.00, 2.00; HAProxy ; NGINX " in text
+    assert "- NGINX has no active health checks." in text
+
+
+def test_top_functions_ranks_self_and_inclusive_time() -> None:
+    document = {
+        "shared": {
+            "frames": [
+                {"name": "run", "file": "loop.py", "line": 1},
+                {"name": "data_received", "file": "proxy.py", "line": 10},
+                {"name": "parse", "file": "proxy.py", "line": 20},
+            ]
+        },
+        "profiles": [{"samples": [[0, 1], [0, 1, 2], [0, 1, 2], [0]], "weights": [1, 1, 1, 1]}],
+    }
+    text = top_functions(document, count=3)
+    lines = text.splitlines()
+    first = lines.index("self%   total%  function") + 1
+    assert lines[first] == " 50.0     50.0  parse (proxy.py:20)"
+    assert " 25.0     75.0  data_received (proxy.py:10)" in lines
+    assert "100.0  run (loop.py:1)" in text
+
+
+def test_configs_hold_the_equivalent_settings(tmp_path: Path) -> None:
+    haproxy = targets.haproxy_config(8000, ORIGIN_PORTS)
+    for setting in ("nbthread 1", "option http-keep-alive", "http-reuse always"):
+        assert setting in haproxy
+    assert "option forwardfor" in haproxy and "option httpchk GET /health" in haproxy
+    assert haproxy.count("check inter 2s") == 4 and "balance roundrobin" in haproxy
+    assert "\n    log" not in haproxy
+    proxy = targets.nginx_proxy_config(tmp_path, 8000, ORIGIN_PORTS)
+    assert "keepalive 64;" in proxy and 'proxy_set_header Connection "";' in proxy
+    assert "worker_processes 1;" in proxy and "access_log off;" in proxy
+    maitred = targets.maitred_config(8000, ORIGIN_PORTS)
+    assert "algorithm: round_robin" in maitred and "interval: 2s" in maitred
+    assert maitred.count("address: 127.0.0.1:91") == 4
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy not installed")
+def test_haproxy_accepts_its_config(tmp_path: Path) -> None:
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(targets.haproxy_config(8000, ORIGIN_PORTS))
+    check = subprocess.run(["haproxy", "-c", "-f", str(config)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx not installed")
+@pytest.mark.parametrize("which", ["origins", "proxy"])
+def test_nginx_accepts_its_configs(tmp_path: Path, which: str) -> None:
+    if which == "origins":
+        conf = origins.config(tmp_path, ORIGIN_PORTS)
+    else:
+        conf = targets.nginx_proxy_config(tmp_path, 8000, ORIGIN_PORTS)
+    path = tmp_path / "nginx.conf"
+    path.write_text(conf)
+    log = str(tmp_path / "error.log")
+    check = subprocess.run(
+        ["nginx", "-t", "-p", str(tmp_path), "-c", str(path), "-e", log],
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0, check.stderr
+    assert "temp_path" in nginx.temp_paths(tmp_path)
+
+
+def test_maitred_accepts_its_config(tmp_path: Path) -> None:
+    pytest.importorskip("maitred.cli", reason="maitred's CLI is not there yet")
+    config = tmp_path / "maitred.yaml"
+    config.write_text(targets.maitred_config(8000, ORIGIN_PORTS))
+    argv, env = targets.maitred_argv(config)
+    argv[argv.index("run")] = "check"
+    check = subprocess.run(argv, env=env, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
