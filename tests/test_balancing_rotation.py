@@ -170,3 +170,28 @@ def test_a_server_leaving_and_returning_mid_cycle_keeps_the_shares() -> None:
 
 def test_weighted_round_robin_with_no_server_picks_none() -> None:
     assert make_strategy("weighted_round_robin").pick(None, 0.0) is None
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(st.integers(min_value=1, max_value=8), min_size=2, max_size=6),
+    st.integers(min_value=0, max_value=20),
+    st.integers(min_value=0, max_value=20),
+    st.integers(min_value=1, max_value=8),
+)
+def test_cycles_become_exact_again_after_servers_and_weights_change(
+    weights: list[int], picks_before: int, picks_between: int, new_weight: int
+) -> None:
+    servers = pool(*weights)
+    strategy = make_strategy("weighted_round_robin")
+    strategy.rebuild(servers, 0.0)
+    names(strategy, picks_before)
+    strategy.rebuild(servers[1:], 0.0)
+    names(strategy, picks_between)
+    servers[0].weight = new_weight
+    strategy.rebuild(servers, 0.0)
+    total = sum(server.weight for server in servers)
+    settled = names(strategy, 6 * total)[2 * total :]
+    expected = {server.id: server.weight for server in servers}
+    for start in range(len(settled) - total + 1):
+        assert Counter(settled[start : start + total]) == expected

@@ -198,6 +198,7 @@ def test_to_dict_is_plain_json_with_seconds_and_address_strings() -> None:
         "address": "127.0.0.1:9001",
         "weight": 5,
         "backup": False,
+        "max_connections": None,
     }
     assert data["pools"]["web"]["sticky"]["max_age"] == 3600.0
     assert data["pools"]["api"]["servers"][0]["address"] == "[::1]:9003"

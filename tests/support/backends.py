@@ -296,6 +296,11 @@ class BackendProcess:
         if response.status != 200:
             raise RuntimeError(f"backend {self.name} refused health change: {response}")
 
+    def set_slow(self, ms: int) -> None:
+        """Delay every identity answer (GET /) of this backend by ``ms``."""
+        response = http_request(self.host, self.port, "POST", f"/admin/slow?ms={ms}")
+        assert response.status == 200, response
+
     def stats(self) -> dict[str, Any]:
         """``connections_accepted``, ``connections_open`` and ``requests`` so far."""
         response = http_request(self.host, self.port, "GET", "/stats")

@@ -15,10 +15,13 @@ from maitred.balancing.base import LiveServer
 
 #: Seconds over which an idle server's latency estimate decays by a factor e.
 DECAY_TIME = 10.0
+#: Samples are at least this long, so that 0.0 keeps meaning "no sample yet".
+MIN_LATENCY = 1e-6
 
 
 def record_latency(server: LiveServer, latency: float, now: float) -> None:
     """Fold one response time (seconds) into ``server.ewma``, stamped at ``now``."""
+    latency = max(latency, MIN_LATENCY)
     weight = math.exp(-max(now - server.ewma_stamp, 0.0) / DECAY_TIME)
     decayed = server.ewma * weight
     if server.ewma == 0.0 or latency >= decayed:

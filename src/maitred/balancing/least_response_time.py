@@ -58,7 +58,7 @@ class LeastResponseTime(ScoredStrategy):
         server = entry.server
         active = server.active
         if server.ewma > 0.0:
-            # log(ewma * decay * (active + 1) / weight) + now / tau
+            # log(ewma × exp(-(now - stamp) / tau) × (active + 1) / weight) + now / tau
             return (
                 math.log(server.ewma * (active + 1) / entry.weight) + server.ewma_stamp / DECAY_TIME
             )

@@ -89,11 +89,8 @@ class LeastConnections(ScoredStrategy):
         return entry.server.active / entry.weight
 
 
-class WeightedLeastConnections(ScoredStrategy):
+class WeightedLeastConnections(LeastConnections):
     """Fewest active requests per unit of weight; ties go round in weighted turns."""
 
     name = "weighted_least_connections"
     weighted = True
-
-    def score(self, entry: HeapEntry) -> float:
-        return entry.server.active / entry.weight

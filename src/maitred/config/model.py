@@ -52,6 +52,9 @@ __all__ = [
     "Duration",
     "HealthCheck",
     "Listener",
+    "OutlierDetection",
+    "QueueSettings",
+    "Retries",
     "ListenerLimits",
     "ListenerTimeouts",
     "Pool",
@@ -222,14 +225,75 @@ class ServerConfig(_Frozen):
     address: ServerAddress
     weight: int = Field(default=1, ge=1, le=1000)
     backup: bool = False
+    max_connections: int | None = Field(default=None, ge=1)
+
+
+def _status_ranges(value: object) -> tuple[tuple[int, int], ...]:
+    """``[200, "300-399"]`` or ``"200-399"`` → ``((200, 200), (300, 399))``."""
+    items = value if isinstance(value, list | tuple) else [value]
+    ranges = []
+    for item in items:
+        if isinstance(item, bool):
+            raise ValueError("must be status codes or ranges like 200-399")
+        if isinstance(item, int):
+            low = high = item
+        elif isinstance(item, str) and item.replace("-", "", 1).strip().isdigit():
+            low_text, _, high_text = item.partition("-")
+            low = int(low_text)
+            high = int(high_text) if high_text else low
+        elif isinstance(item, list | tuple) and len(item) == 2:
+            low, high = int(item[0]), int(item[1])
+        else:
+            raise ValueError("must be status codes or ranges like 200-399")
+        if not 100 <= low <= high <= 599:
+            raise ValueError(f"{item!r} is not a status or range within 100-599")
+        ranges.append((low, high))
+    if not ranges:
+        raise ValueError("must name at least one status")
+    return tuple(ranges)
+
+
+StatusRanges = Annotated[tuple[tuple[int, int], ...], PlainValidator(_status_ranges)]
 
 
 class HealthCheck(_Frozen):
+    type: Literal["http", "tcp"] = "http"
     path: AbsolutePath = "/health"
+    host: str | None = None
+    expect_status: StatusRanges = ((200, 399),)
     interval: PositiveDuration = 5.0
+    #: Interval while a server is failing, unhealthy or recovering (default interval / 3).
+    fast_interval: PositiveDuration | None = None
     timeout: PositiveDuration = 3.0
     healthy_threshold: int = Field(default=2, ge=1)
     unhealthy_threshold: int = Field(default=3, ge=1)
+
+
+class OutlierDetection(_Frozen):
+    """Passive checks: eject a server after consecutive failures on real traffic."""
+
+    enabled: bool = True
+    consecutive_failures: int = Field(default=5, ge=1)
+    base_ejection_time: PositiveDuration = 30.0
+    max_ejection_time: PositiveDuration = 300.0
+    max_ejected_percent: int = Field(default=50, ge=0, le=100)
+
+
+class Retries(_Frozen):
+    """Retry a request that failed before any answer byte on another server."""
+
+    attempts: int = Field(default=2, ge=0, le=10)
+    #: Retries may add at most this share of extra load (a retry budget).
+    budget_percent: float = Field(default=20.0, ge=0, le=100)
+    #: Retries always allowed per second, so a quiet pool can still retry.
+    min_per_second: int = Field(default=3, ge=0)
+
+
+class QueueSettings(_Frozen):
+    """Requests waiting for a server below its max_connections."""
+
+    size: int = Field(default=0, ge=0)
+    timeout: PositiveDuration = 5.0
 
 
 class Sticky(_Frozen):
@@ -264,6 +328,9 @@ class Pool(_Frozen):
     hash_on: Annotated[str, AfterValidator(_hash_on)] | None = None
     balance_factor: float = Field(default=0.25, gt=0)
     slow_start: PositiveDuration | None = None
+    outlier_detection: OutlierDetection = OutlierDetection()
+    retries: Retries = Retries()
+    queue: QueueSettings = QueueSettings()
 
 
 # --- the whole file ----------------------------------------------------------

@@ -90,7 +90,9 @@ class Worker:
             live.backup = server.backup
             servers.append(live)
         previous = self.pools.get(name)
-        if previous is not None and previous.balancer.algorithm == pool.algorithm:
+        settings = (pool.algorithm, pool.hash_on, pool.balance_factor, pool.slow_start)
+        if previous is not None and previous.balancer_settings == settings:
+            # Same strategy: keep its sequence and load figures across the reload.
             balancer = previous.balancer
             balancer.set_servers(servers, now)
         else:
@@ -127,6 +129,7 @@ class Worker:
             response_timeout=pool.timeouts.response,
             connections=connections,
             needs_headers=hash_on.startswith(("header:", "cookie:")),
+            balancer_settings=settings,
         )
 
     def _drop_unused_connections(self, pools: dict[str, PoolRuntime]) -> None:

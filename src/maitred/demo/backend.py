@@ -10,6 +10,7 @@ Endpoints (any method; ``HEAD`` answers like ``GET`` without the body):
 - ``/`` and any unknown path: ``200 text/plain`` body ``"<name>\\n"``.
 - ``/health``: ``200 ok`` while healthy, ``503`` while marked failing.
 - ``/admin/health?state=ok|fail``: flips the health answer.
+- ``/admin/slow?ms=N``: delays every identity answer (``GET /``) by N ms.
 - ``/echo``: JSON description of the request as received.
 - ``/bytes?n=N``: N bytes of the repeating ``bytes(range(256))`` pattern.
 - ``/chunked?n=N&size=S``: the same pattern, ``Transfer-Encoding: chunked``.
@@ -109,6 +110,8 @@ class BackendState:
             raise ValueError("backend name must not contain line breaks")
         self.name = name
         self.healthy = True
+        # Added to every identity answer (GET /), to play a slow server.
+        self.slow_ms = 0
         self.connections_accepted = 0
         self.requests = 0
         self.open_transports: set[asyncio.Transport] = set()
@@ -480,6 +483,7 @@ class BackendProtocol(asyncio.Protocol):
             and request.method == b"GET"
             and request.keep_alive
             and request.http_version == "1.1"
+            and not self._state.slow_ms
         ):
             self._write(self._state.identity_response)
             return
@@ -498,7 +502,25 @@ class BackendProtocol(asyncio.Protocol):
             self._respond(request, 400, f"{problem}\n".encode())
 
     def _serve_identity(self, request: _Request, query: dict[str, list[str]]) -> None:
+        if self._state.slow_ms:
+            self._busy = True
+            self._delay_handle = self._loop.call_later(
+                self._state.slow_ms / 1000, self._slow_identity_elapsed, request
+            )
+            return
         self._respond(request, 200, self._state.name_body)
+
+    def _slow_identity_elapsed(self, request: _Request) -> None:
+        self._delay_handle = None
+        self._busy = False
+        self._respond(request, 200, self._state.name_body)
+        self._drive()
+
+    def _serve_admin_slow(self, request: _Request, query: dict[str, list[str]]) -> None:
+        self._state.slow_ms = _int_param(query, "ms", 0, 0, _MAX_DELAY_MS)
+        self._respond_json(
+            request, 200, {"backend": self._state.name, "slow_ms": self._state.slow_ms}
+        )
 
     def _serve_health(self, request: _Request, query: dict[str, list[str]]) -> None:
         if self._state.healthy:
@@ -719,6 +741,7 @@ _ROUTES: dict[str, _Handler] = {
     "/": BackendProtocol._serve_identity,
     "/health": BackendProtocol._serve_health,
     "/admin/health": BackendProtocol._serve_admin_health,
+    "/admin/slow": BackendProtocol._serve_admin_slow,
     "/echo": BackendProtocol._serve_echo,
     "/bytes": BackendProtocol._serve_bytes,
     "/chunked": BackendProtocol._serve_chunked,

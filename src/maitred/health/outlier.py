@@ -63,13 +63,11 @@ class OutlierSettings:
 class Ejection:
     server_id: str
     ejected_at: float
+    #: Seconds out of rotation (exact, unlike ``until - ejected_at``).
+    duration: float
     until: float
     #: 1 for a first ejection, 2 for a repeat, ...: the exponent of the doubling.
     ejections_in_a_row: int
-
-    @property
-    def duration(self) -> float:
-        return self.until - self.ejected_at
 
     def describe(self) -> str:
         return (
@@ -152,12 +150,13 @@ class OutlierDetector:
             forgiven = int((now - record.returned_at) // settings.base_ejection_time)
             record.ejections_in_a_row = max(0, record.ejections_in_a_row - forgiven)
         record.ejections_in_a_row += 1
-        until = now + settings.ejection_time(record.ejections_in_a_row)
+        duration = settings.ejection_time(record.ejections_in_a_row)
+        until = now + duration
         record.ejected_until = until
         record.failures = 0
         self._ejected_count += 1
         self.ejections_total += 1
-        return Ejection(server_id, now, until, record.ejections_in_a_row)
+        return Ejection(server_id, now, duration, until, record.ejections_in_a_row)
 
     # -- returns -----------------------------------------------------------------------
 

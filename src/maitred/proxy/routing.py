@@ -23,6 +23,8 @@ class PoolRuntime:
     connections: dict[LiveServer, ServerConnections] = field(default_factory=dict)
     #: True when the pool's hash key needs the request headers (hash_on header/cookie).
     needs_headers: bool = False
+    #: What the balancer was built from; a reload keeps the balancer when unchanged.
+    balancer_settings: tuple[object, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
