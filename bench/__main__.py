@@ -94,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.duration:g} s per target in rotation after a {settings.warmup_seconds:g} s "
         "warm-up each; 'close' sends Connection: close on every request.",
         "Origins: one nginx process, one worker, four ports; / answers 6 bytes, /50k 51,200.",
+        "Ratio columns and goals: the median over rounds of the ratio (or, for p99, the "
+        "difference) within each round, where the targets ran back to back; values are "
+        "medians over rounds. Other work on this shared machine moves absolute numbers "
+        "between rounds: see every round above.",
     ]
     facts = {**tools.machine(), **tools.versions(), "pinning": pinning}
     command = shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])

@@ -24,28 +24,48 @@ class Goal:
             return f"≤ HAProxy + {self.value:g}"
         return f"≤ {self.value:g}"
 
-    def met(self, maitred: float | None, haproxy: float | None) -> bool | None:
-        if maitred is None:
-            return None
+    def met(self, row: Row) -> bool | None:
         if self.kind == "at_most":
-            return maitred <= self.value
-        if haproxy is None:
-            return None
+            value = row.median(MAITRED)
+            return None if value is None else value <= self.value
         if self.kind == "ratio_at_least":
-            return maitred >= self.value * haproxy
-        return maitred <= haproxy + self.value
+            value = row.paired_ratio(MAITRED, HAPROXY)
+            return None if value is None else value >= self.value
+        value = row.paired_difference(MAITRED, HAPROXY)
+        return None if value is None else value <= self.value
 
 
 @dataclass
 class Row:
+    """One metric of one scenario: a value per round for each target.
+
+    Round i of every target ran back to back (A B C), so a value missing from
+    a round is NaN, never left out: the lists stay aligned round by round.
+    """
+
     scenario: str
     metric: str
-    runs: dict[str, list[float]] = field(default_factory=dict)  # target -> value per round
+    runs: dict[str, list[float]] = field(default_factory=dict)
     goal: Goal | None = None
     skipped: str = ""  # why the whole row was not measured
 
     def median(self, target: str) -> float | None:
         return median(self.runs.get(target, []))
+
+    def _pairs(self, first: str, second: str) -> list[tuple[float, float]]:
+        pairs = zip(self.runs.get(first, []), self.runs.get(second, []), strict=False)
+        return [(a, b) for a, b in pairs if math.isfinite(a) and math.isfinite(b)]
+
+    def paired_ratio(self, numerator: str, denominator: str) -> float | None:
+        """Median over rounds of the ratio within each round.
+
+        The machine's load drifts between rounds; within one round the targets
+        ran seconds apart, so per-round ratios cancel most of the drift.
+        """
+        return median([a / b for a, b in self._pairs(numerator, denominator) if b != 0])
+
+    def paired_difference(self, first: str, second: str) -> float | None:
+        return median([a - b for a, b in self._pairs(first, second)])
 
 
 def median(values: list[float]) -> float | None:
@@ -53,14 +73,8 @@ def median(values: list[float]) -> float | None:
     return statistics.median(finite) if finite else None
 
 
-def ratio(numerator: float | None, denominator: float | None) -> float | None:
-    if numerator is None or denominator is None or denominator == 0:
-        return None
-    return numerator / denominator
-
-
 def format_number(value: float | None) -> str:
-    if value is None:
+    if value is None or not math.isfinite(value):
         return "n/a"
     magnitude = abs(value)
     if magnitude >= 1000:
@@ -79,7 +93,7 @@ def format_ratio(value: float | None) -> str:
 def _goal_cells(row: Row) -> list[str]:
     if row.goal is None:
         return ["", ""]
-    met = row.goal.met(row.median(MAITRED), row.median(HAPROXY))
+    met = row.goal.met(row)
     return [row.goal.describe(), {True: "yes", False: "**no**", None: "n/a"}[met]]
 
 
@@ -103,8 +117,8 @@ def table(rows: list[Row]) -> str:
                 row.scenario,
                 row.metric,
                 *(format_number(medians[t]) for t in ALL_TARGETS),
-                format_ratio(ratio(medians[MAITRED], medians[HAPROXY])),
-                format_ratio(ratio(medians[MAITRED], medians[NGINX])),
+                format_ratio(row.paired_ratio(MAITRED, HAPROXY)),
+                format_ratio(row.paired_ratio(MAITRED, NGINX)),
                 *_goal_cells(row),
             ]
         lines.append("| " + " | ".join(cells) + " |")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from collections.abc import Callable
@@ -54,6 +55,12 @@ class Bench:
         return False
 
 
+def _record(target: Target, *values: tuple[Row, float]) -> None:
+    """One round's value for each row; NaN marks a round that produced none."""
+    for row, value in values:
+        row.runs.setdefault(target.name, []).append(value)
+
+
 def _try_wrk(
     bench: Bench, target: Target, path: str, headers: tuple[str, ...], seconds: float
 ) -> load.WrkResult | None:
@@ -76,16 +83,20 @@ def _throughput(
     for target in bench.targets:
         _try_wrk(bench, target, path, headers, s.warmup_seconds)
     for round_index, target in bench.rotation():
-        if not bench.still_running(target, scenario):
-            continue
-        bench.say(f"{scenario} round {round_index + 1}/{s.rounds}: {target.name}")
-        cpu_before = procfs.cpu_seconds(target.pid)
-        result = _try_wrk(bench, target, path, headers, s.seconds)
-        cpu_used = procfs.cpu_seconds(target.pid) - cpu_before
+        result = None
+        if bench.still_running(target, scenario):
+            bench.say(f"{scenario} round {round_index + 1}/{s.rounds}: {target.name}")
+            cpu_before = procfs.cpu_seconds(target.pid)
+            result = _try_wrk(bench, target, path, headers, s.seconds)
+            cpu_used = procfs.cpu_seconds(target.pid) - cpu_before
         if result is None:
+            _record(target, (rate, math.nan), (busy, math.nan))
             continue
-        rate.runs.setdefault(target.name, []).append(result.requests_per_second)
-        busy.runs.setdefault(target.name, []).append(100 * cpu_used / result.seconds)
+        _record(
+            target,
+            (rate, result.requests_per_second),
+            (busy, 100 * cpu_used / result.seconds),
+        )
         if result.errors:
             bench.notes.append(
                 f"{scenario}, round {round_index + 1}: {target.name} had {result.errors} "
@@ -144,15 +155,14 @@ def latency_and_cpu(bench: Bench) -> list[Row]:
         load.run_h2load(bench.url(target), rate, s.warmup_seconds, clients, log_path, s.load_cpus)
     for round_index, target in bench.rotation():
         if not bench.still_running(target, "latency"):
+            _record(target, (p50, math.nan), (p99, math.nan), (cpu, math.nan))
             continue
         bench.say(f"fixed rate round {round_index + 1}/{s.rounds}: {target.name}")
         cpu_before = procfs.cpu_seconds(target.pid)
         result = load.run_h2load(bench.url(target), rate, s.seconds, clients, log_path, s.load_cpus)
         cpu_used = procfs.cpu_seconds(target.pid) - cpu_before
-        p50.runs.setdefault(target.name, []).append(result.p50_ms)
-        p99.runs.setdefault(target.name, []).append(result.p99_ms)
-        if result.requests:
-            cpu.runs.setdefault(target.name, []).append(1e6 * cpu_used / result.requests)
+        cpu_per_request = 1e6 * cpu_used / result.requests if result.requests else math.nan
+        _record(target, (p50, result.p50_ms), (p99, result.p99_ms), (cpu, cpu_per_request))
         if result.errors or result.requests_per_second < 0.95 * rate:
             bench.notes.append(
                 f"latency, round {round_index + 1}: {target.name} held "

@@ -56,6 +56,18 @@ class LogFollower:
                     )
                 self._cond.wait(remaining)
 
+    def wait_for_count(self, pattern: str, count: int, timeout: float = 15.0) -> int:
+        """Wait until ``count`` lines match, then return how many match."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                found = sum(1 for line in self.lines if regex.search(line))
+                remaining = deadline - time.monotonic()
+                if found >= count or remaining <= 0:
+                    return found
+                self._cond.wait(remaining)
+
     def text(self) -> str:
         with self._cond:
             return "\n".join(self.lines)

@@ -44,6 +44,8 @@ class LiveServer:
         "ewma",
         "ewma_stamp",
         "requests",
+        "max_connections",
+        "consecutive_failures",
     )
 
     def __init__(
@@ -69,6 +71,10 @@ class LiveServer:
         # Peak-EWMA response time in seconds (0.0 = no sample yet) and when it was updated.
         self.ewma = 0.0
         self.ewma_stamp = 0.0
+        #: Active requests allowed at once (0: no limit); more wait in the pool's queue.
+        self.max_connections = 0
+        #: Failures on real traffic in a row (connect errors, resets, 5xx answers).
+        self.consecutive_failures = 0
 
     @property
     def active(self) -> int:

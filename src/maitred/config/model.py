@@ -263,7 +263,9 @@ class HealthCheck(_Frozen):
     expect_status: StatusRanges = ((200, 399),)
     interval: PositiveDuration = 5.0
     #: Interval while a server is failing, unhealthy or recovering (default interval / 3).
-    fast_interval: PositiveDuration | None = None
+    fall_interval: PositiveDuration | None = None
+    #: The state a server starts in, before any check ran.
+    initial_state: Literal["healthy", "unhealthy"] = "healthy"
     timeout: PositiveDuration = 3.0
     healthy_threshold: int = Field(default=2, ge=1)
     unhealthy_threshold: int = Field(default=3, ge=1)

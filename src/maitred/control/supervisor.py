@@ -15,6 +15,7 @@ from pathlib import Path
 
 from maitred.config import Config, ConfigError, load_config
 from maitred.control.admin import AdminServer
+from maitred.control.health import HealthControl
 from maitred.control.worker import Worker
 
 log = logging.getLogger("maitred")
@@ -25,6 +26,7 @@ class Supervisor:
         self.config = config
         self.config_path = config_path
         self.worker: Worker | None = None
+        self.health: HealthControl | None = None
         self.admin: AdminServer | None = None
         self._stop = asyncio.Event()
         self._reloading: asyncio.Task[bool] | None = None
@@ -34,7 +36,8 @@ class Supervisor:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self.worker = Worker(loop)
-        await self.worker.apply(self.config)
+        self.health = HealthControl(loop, self.worker)
+        await self._apply(self.config)
         if self.config.admin is not None:
             self.admin = AdminServer(self._readiness)
             await self.admin.start(self.config.admin.bind.host, self.config.admin.bind.port)
@@ -65,16 +68,21 @@ class Supervisor:
             for problem in exc.problems:
                 log.error("reload refused: %s", problem)
             return False
-        assert self.worker is not None
         try:
-            await self.worker.apply(config)
+            await self._apply(config)
         except OSError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
-            await self.worker.apply(self.config)
+            await self._apply(self.config)
             return False
         self.config = config
         log.info("configuration reloaded from %s", self.config_path)
         return True
+
+    async def _apply(self, config: Config) -> None:
+        assert self.worker is not None and self.health is not None
+        self.health.prepare(config)
+        await self.worker.apply(config)
+        self.health.start(config)
 
     async def _shutdown(self) -> int:
         assert self.worker is not None
@@ -82,6 +90,8 @@ class Supervisor:
         drained = await self.worker.drain(self.config.drain_timeout)
         if not drained:
             log.warning("drain timeout reached; remaining connections were closed")
+        if self.health is not None:
+            await self.health.close()
         if self.admin is not None:
             await self.admin.close()
         log.info("stopped")

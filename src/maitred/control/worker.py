@@ -12,12 +12,21 @@ import asyncio
 import logging
 import socket
 from dataclasses import dataclass
+from typing import Protocol
 
 from maitred.balancing import Balancer
 from maitred.balancing.base import LiveServer
 from maitred.config import Config, Listener, Pool
+from maitred.policies.retry_budget import RetryBudget
 from maitred.proxy.http1 import ClientConnection, DataPlane
-from maitred.proxy.routing import ListenerRuntime, ListenerSlot, PoolRuntime, RouteRuntime
+from maitred.proxy.routing import (
+    ListenerRuntime,
+    ListenerSlot,
+    OutcomeSink,
+    PoolRuntime,
+    RouteRuntime,
+    ignore_outcome,
+)
 from maitred.proxy.upstream import ServerConnections
 
 log = logging.getLogger("maitred.worker")
@@ -34,6 +43,14 @@ def server_id(pool_name: str, host: str, port: int) -> str:
     return f"{pool_name}-{host}-{port}"
 
 
+class ServerPolicy(Protocol):
+    """What the control side decides about servers, asked when the worker builds pools."""
+
+    def is_available(self, sid: str) -> bool: ...
+
+    def outcome_sink(self, pool_name: str) -> OutcomeSink: ...
+
+
 class Worker:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -42,6 +59,7 @@ class Worker:
         self.pools: dict[str, PoolRuntime] = {}
         self._live: dict[str, LiveServer] = {}
         self._connections: dict[tuple[str, int], ServerConnections] = {}
+        self.policy: ServerPolicy | None = None
 
     # -- configuration -----------------------------------------------------------
 
@@ -83,11 +101,16 @@ class Worker:
             live = self._live.get(key)
             if live is None:
                 live = LiveServer(
-                    key, server.address.host, server.address.port, available_since=now
+                    key,
+                    server.address.host,
+                    server.address.port,
+                    available=self.policy.is_available(key) if self.policy else True,
+                    available_since=now,
                 )
                 self._live[key] = live
             live.weight = server.weight
             live.backup = server.backup
+            live.max_connections = server.max_connections or 0
             servers.append(live)
         previous = self.pools.get(name)
         settings = (pool.algorithm, pool.hash_on, pool.balance_factor, pool.slow_start)
@@ -122,7 +145,7 @@ class Worker:
                 conns.idle_timeout = pool.connection_pool.idle_timeout
             connections[live] = conns
         hash_on = pool.hash_on or ""
-        return PoolRuntime(
+        runtime = PoolRuntime(
             name=name,
             balancer=balancer,
             connect_timeout=pool.timeouts.connect,
@@ -130,7 +153,23 @@ class Worker:
             connections=connections,
             needs_headers=hash_on.startswith(("header:", "cookie:")),
             balancer_settings=settings,
+            retry_attempts=pool.retries.attempts,
+            limited=any(s.max_connections for s in pool.servers),
+            queue_size=pool.queue.size,
+            queue_timeout=pool.queue.timeout,
+            record_outcome=self.policy.outcome_sink(name) if self.policy else ignore_outcome,
         )
+        budget = (pool.retries.budget_percent, pool.retries.min_per_second)
+        if previous is not None:
+            # Requests queued and retry figures carry over to the new generation.
+            runtime.waiting = previous.waiting
+            runtime.retries = previous.retries
+            if previous.retry_budget_settings == budget:
+                runtime.retry_budget = previous.retry_budget
+        if runtime.retry_budget_settings != budget:
+            runtime.retry_budget = RetryBudget(*budget)
+        runtime.retry_budget_settings = budget
+        return runtime
 
     def _drop_unused_connections(self, pools: dict[str, PoolRuntime]) -> None:
         in_use = {(s.host, s.port) for p in pools.values() for s in p.connections}

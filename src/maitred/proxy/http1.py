@@ -111,7 +111,10 @@ class Exchange:
         "body_received",
         "started_at",
         "response_begun",
+        "server_failed",
         "finished",
+        "tried",
+        "queue_timer",
     )
 
     def __init__(self, client: ClientConnection) -> None:
@@ -128,6 +131,7 @@ class Exchange:
         # Framed body bytes waiting for the server connection; None once streaming.
         self.pending: list[bytes] | None = []
         self.pending_size = 0
+        # What was sent of an idempotent request, kept for a retry until the answer begins.
         self.replay: list[bytes] | None = None
         self.replay_size = 0
         self.request_done = False
@@ -135,7 +139,10 @@ class Exchange:
         self.body_received = 0
         self.started_at = 0.0
         self.response_begun = False
+        self.server_failed = False
         self.finished = False
+        self.tried: list[LiveServer] | None = None
+        self.queue_timer: asyncio.TimerHandle | None = None
 
     # -- called by the upstream side ---------------------------------------------
 
@@ -155,13 +162,13 @@ class Exchange:
     def response_started(self, status: int) -> None:
         self.response_begun = True
         self.replay = None
+        if status >= 500:
+            self.server_failed = True
 
     def on_connect_done(self, task: asyncio.Task[UpstreamConnection]) -> None:
         pool = self.pool
         server = self.server
-        assert pool is not None and server is not None
-        if task.cancelled():
-            self._fail(502, "connect cancelled")
+        if task.cancelled() or pool is None or server is None:
             return
         exc = task.exception()
         if exc is not None:
@@ -169,10 +176,10 @@ class Exchange:
                 return
             if isinstance(exc, TimeoutError):
                 log.warning("connect to %s timed out", server.address)
-                self._fail(504, f"connect to server {server.id} timed out")
+                self._failed(504, f"connect to server {server.id} timed out", nothing_sent=True)
             else:
                 log.warning("connect to %s failed: %s", server.address, exc)
-                self._fail(502, f"connect to server {server.id} failed")
+                self._failed(502, f"connect to server {server.id} failed", nothing_sent=True)
             return
         conn = task.result()
         if self.finished:
@@ -184,40 +191,43 @@ class Exchange:
     def upstream_lost(self, conn: UpstreamConnection, exc: Exception | None) -> None:
         if self.finished:
             return
+        if self.response_begun:
+            self.client.abort_truncated(self)
+            return
         if not conn.got_bytes and conn.reused and self.replay is not None:
             # A pooled connection the server had already closed: replay on a fresh one.
             self._replay_on_fresh_connection()
             return
-        if self.response_begun:
-            self.client.abort_truncated(self)
-            return
-        self._fail(502, "server closed the connection without an answer")
+        self._failed(502, "server closed the connection without an answer", nothing_sent=False)
 
     def upstream_malformed(self, conn: UpstreamConnection, why: str) -> None:
         if self.finished:
             return
+        self.server_failed = True
         if self.response_begun:
             self.client.abort_truncated(self)
             return
-        self._fail(502, "malformed answer from server")
+        self._failed(502, "malformed answer from server", nothing_sent=False, retry=False)
 
     def upstream_timed_out(self, conn: UpstreamConnection) -> None:
         if self.finished:
             return
+        self.server_failed = True
         if self.response_begun:
             self.client.abort_truncated(self)
             return
-        self._fail(504, "server did not answer in time")
+        self._failed(504, "server did not answer in time", nothing_sent=False, retry=False)
 
     def response_complete(self, conn: UpstreamConnection, reusable: bool) -> None:
         self.upstream = None
-        self._release_server()
         pool = self.pool
         server = self.server
         if reusable and pool is not None and server is not None:
             pool.connections[server].give_back(conn)
         else:
             conn.close()
+        self._release(failed=self.server_failed)
+        self.finished = True
         self.client.exchange_done(self)
 
     # -- driven by the client side -----------------------------------------------
@@ -225,11 +235,32 @@ class Exchange:
     def dispatch(self, now: float) -> None:
         pool = self.pool
         assert pool is not None
-        headers = self.client.header_pairs() if pool.needs_headers else ()
-        server = pool.balancer.pick(self.client.client_ip, headers, now)
+        server = self._pick(pool, now)
         if server is None:
-            self.client.answer_error(self, 503, f"no server available in pool {pool.name}")
+            if pool.queue_size and pool.balancer.eligible:
+                self._wait_in_queue(pool, now)
+            else:
+                self.client.answer_error(self, 503, f"no server available in pool {pool.name}")
             return
+        pool.retry_budget.record_request(now)
+        self._start_on(server, now)
+
+    def _pick(self, pool: PoolRuntime, now: float) -> LiveServer | None:
+        headers = self.client.header_pairs() if pool.needs_headers else ()
+        exclude: list[LiveServer] | None = self.tried
+        if pool.limited:
+            exclude = [
+                s
+                for s in pool.balancer.eligible
+                if s.max_connections and s.active >= s.max_connections
+            ] + (self.tried or [])
+        if exclude:
+            return pool.balancer.pick(self.client.client_ip, headers, now, exclude)
+        return pool.balancer.pick(self.client.client_ip, headers, now)
+
+    def _start_on(self, server: LiveServer, now: float) -> None:
+        pool = self.pool
+        assert pool is not None
         self.server = server
         server.active += 1
         server.requests += 1
@@ -240,6 +271,28 @@ class Exchange:
             self._attach(conn)
         else:
             pool.connections[server].connect(self, pool.connect_timeout)
+
+    def _wait_in_queue(self, pool: PoolRuntime, now: float) -> None:
+        if len(pool.waiting) >= pool.queue_size:
+            self.client.answer_error(self, 503, f"every server of pool {pool.name} is full")
+            return
+        pool.waiting.append(self)
+        self.queue_timer = self.client.loop.call_later(pool.queue_timeout, self._queue_timed_out)
+
+    def _queue_timed_out(self) -> None:
+        self.queue_timer = None
+        pool = self.pool
+        if pool is not None and self in pool.waiting:
+            pool.waiting.remove(self)
+            self.client.answer_error(self, 503, "timed out waiting for a free server")
+
+    def _leave_queue(self) -> None:
+        if self.queue_timer is not None:
+            self.queue_timer.cancel()
+            self.queue_timer = None
+            pool = self.pool
+            if pool is not None and self in pool.waiting:
+                pool.waiting.remove(self)
 
     def send_body(self, data: bytes) -> None:
         upstream = self.upstream
@@ -266,8 +319,8 @@ class Exchange:
         pending = self.pending or []
         self.pending = None
         self.pending_size = 0
-        if conn.reused and self.method in IDEMPOTENT_METHODS:
-            # Kept until the first answer byte, in case the server had closed it.
+        if self.method in IDEMPOTENT_METHODS and not self.response_begun:
+            # Kept until the first answer byte, for a replay or a retry.
             self.replay = list(pending)
             self.replay_size = sum(map(len, pending))
         conn.transport.writelines([self.head, *pending])
@@ -280,36 +333,81 @@ class Exchange:
         server = self.server
         assert pool is not None and server is not None and self.replay is not None
         self.upstream = None
-        self.pending = list(self.replay)
+        self.pending = self.replay
         self.replay = None
         self.replay_size = 0
         pool.connections[server].connect(self, pool.connect_timeout)
 
-    def _release_server(self) -> None:
-        server = self.server
-        if server is not None and not self.finished:
-            server.active -= 1
-            pool = self.pool
-            if pool is not None:
-                now = self.client.loop.time()
-                pool.balancer.observe(server, now - self.started_at, now)
-        self.finished = True
-
-    def _fail(self, status: int, why: str) -> None:
+    def _failed(self, status: int, why: str, *, nothing_sent: bool, retry: bool = True) -> None:
+        """The attempt failed before any answer byte reached the client."""
         upstream = self.upstream
         self.upstream = None
         if upstream is not None:
             upstream.abort()
-        self._release_server()
+        failed = self.server
+        self._release(failed=True)
+        if retry and failed is not None and self._retry_after(failed, nothing_sent):
+            return
         self.client.answer_error(self, status, why)
+
+    def _retry_after(self, failed: LiveServer, nothing_sent: bool) -> bool:
+        """Send the request to another server when that is safe and within budget."""
+        pool = self.pool
+        assert pool is not None
+        if nothing_sent:
+            body = self.pending  # the connection never opened: everything is still here
+        elif self.method in IDEMPOTENT_METHODS:
+            body = self.replay
+        else:
+            return False  # the server may have acted on it
+        if body is None:
+            return False  # too large to have been kept
+        tried = self.tried
+        if tried is None:
+            tried = self.tried = []
+        tried.append(failed)
+        if len(tried) > pool.retry_attempts:
+            return False
+        now = self.client.loop.time()
+        server = self._pick(pool, now)
+        if server is None or not pool.retry_budget.try_spend(now):
+            return False
+        log.info("retrying %s on %s after %s failed", self.method.decode(), server.id, failed.id)
+        pool.retries += 1
+        self.pending = body
+        self.pending_size = sum(map(len, body))
+        self.replay = None
+        self.replay_size = 0
+        self._start_on(server, now)
+        return True
+
+    def _release(self, *, failed: bool | None) -> None:
+        """Give back the server this attempt used: load, latency and (unless None) outcome."""
+        server = self.server
+        if server is None:
+            return
+        self.server = None
+        server.active -= 1
+        pool = self.pool
+        assert pool is not None
+        now = self.client.loop.time()
+        pool.balancer.observe(server, now - self.started_at, now)
+        if failed or (failed is not None and server.consecutive_failures):
+            pool.record_outcome(server, not failed, now)
+        if pool.waiting:
+            waiting = pool.waiting.popleft()
+            waiting._leave_queue()
+            waiting.dispatch(now)
 
     def abandon(self) -> None:
         """The client went away: release everything this exchange holds."""
+        self._leave_queue()
         upstream = self.upstream
         self.upstream = None
         if upstream is not None:
             upstream.abort()
-        self._release_server()
+        self._release(failed=None)
+        self.finished = True
 
 
 class ClientConnection(asyncio.Protocol):

@@ -7,11 +7,25 @@ so a request sees either the old or the new generation, never a mix.
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from maitred.balancing import Balancer
 from maitred.balancing.base import LiveServer
+from maitred.policies.retry_budget import RetryBudget
 from maitred.proxy.upstream import ServerConnections
+
+if TYPE_CHECKING:
+    from maitred.proxy.http1 import Exchange
+
+#: Told (server, ok, now) about failures on real traffic and the first success after.
+OutcomeSink = Callable[[LiveServer, bool, float], None]
+
+
+def ignore_outcome(server: LiveServer, ok: bool, now: float) -> None:
+    server.consecutive_failures = 0 if ok else server.consecutive_failures + 1
 
 
 @dataclass(eq=False, slots=True)
@@ -25,6 +39,17 @@ class PoolRuntime:
     needs_headers: bool = False
     #: What the balancer was built from; a reload keeps the balancer when unchanged.
     balancer_settings: tuple[object, ...] = ()
+    retry_attempts: int = 2
+    retry_budget: RetryBudget = field(default_factory=lambda: RetryBudget(20.0, 3))
+    retry_budget_settings: tuple[float, int] = (20.0, 3)
+    #: True when some server has max_connections: picks skip full servers.
+    limited: bool = False
+    queue_size: int = 0
+    queue_timeout: float = 5.0
+    #: Requests waiting for a server below its max_connections, oldest first.
+    waiting: deque[Exchange] = field(default_factory=deque)
+    record_outcome: OutcomeSink = ignore_outcome
+    retries: int = 0
 
 
 @dataclass(frozen=True, slots=True)
