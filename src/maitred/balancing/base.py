@@ -46,6 +46,7 @@ class LiveServer:
         "requests",
         "max_connections",
         "consecutive_failures",
+        "answers",
     )
 
     def __init__(
@@ -75,6 +76,8 @@ class LiveServer:
         self.max_connections = 0
         #: Failures on real traffic in a row (connect errors, resets, 5xx answers).
         self.consecutive_failures = 0
+        #: Answers relayed from this server by status class: answers[5] counts 5xx.
+        self.answers = [0] * 6
 
     @property
     def active(self) -> int:

@@ -242,7 +242,7 @@ def _listener_runtime(listener: Listener, pools: dict[str, PoolRuntime]) -> List
     return ListenerRuntime(
         name=listener.name,
         routes=routes,
-        default_pool=pools[listener.pool] if listener.pool else None,
+        default_route=RouteRuntime(None, None, pools[listener.pool] if listener.pool else None),
         scheme=b"https" if listener.tls else b"http",
         header_timeout=listener.timeouts.client_header,
         idle_timeout=listener.timeouts.idle,

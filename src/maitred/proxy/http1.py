@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from bisect import bisect_left
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -31,11 +32,12 @@ from maitred.proxy.framing import (
     drop_named_headers,
     error_response,
 )
+from maitred.proxy.routing import LATENCY_BUCKETS
 from maitred.proxy.upstream import CHUNK_END, CRLF, UpstreamConnection
 
 if TYPE_CHECKING:
     from maitred.balancing.base import LiveServer
-    from maitred.proxy.routing import ListenerSlot, PoolRuntime
+    from maitred.proxy.routing import ListenerSlot, PoolRuntime, RouteRuntime
 
 log = logging.getLogger("maitred.http")
 
@@ -115,6 +117,8 @@ class Exchange:
         "finished",
         "tried",
         "queue_timer",
+        "route",
+        "response_headers",
     )
 
     def __init__(self, client: ClientConnection) -> None:
@@ -143,6 +147,9 @@ class Exchange:
         self.finished = False
         self.tried: list[LiveServer] | None = None
         self.queue_timer: asyncio.TimerHandle | None = None
+        self.route: RouteRuntime | None = None
+        #: Header lines (each ending in CRLF) policies add to the answer (Set-Cookie...).
+        self.response_headers = b""
 
     # -- called by the upstream side ---------------------------------------------
 
@@ -162,6 +169,9 @@ class Exchange:
     def response_started(self, status: int) -> None:
         self.response_begun = True
         self.replay = None
+        server = self.server
+        if server is not None:
+            server.answers[status // 100] += 1
         if status >= 500:
             self.server_failed = True
 
@@ -232,10 +242,30 @@ class Exchange:
 
     # -- driven by the client side -----------------------------------------------
 
+    def start(self, now: float) -> None:
+        """Run the route's policies, then send the request to a server of its pool."""
+        route = self.route
+        assert route is not None
+        for policy in route.policies:
+            if not policy.admit(self, now):
+                return
+        if route.pool is None:
+            self.client.answer_error(self, 404, "no route matches this request")
+            return
+        self.pool = route.pool
+        self.dispatch(now)
+
     def dispatch(self, now: float) -> None:
         pool = self.pool
         assert pool is not None
-        server = self._pick(pool, now)
+        affinity = pool.affinity
+        server = None
+        if affinity is not None:
+            server = affinity.choose(self, now)
+            if self.finished:
+                return
+        if server is None:
+            server = self._pick(pool, now)
         if server is None:
             if pool.queue_size and pool.balancer.eligible:
                 self._wait_in_queue(pool, now)
@@ -261,6 +291,8 @@ class Exchange:
     def _start_on(self, server: LiveServer, now: float) -> None:
         pool = self.pool
         assert pool is not None
+        if pool.affinity is not None:
+            pool.affinity.chosen(self, server, now)
         self.server = server
         server.active += 1
         server.requests += 1
@@ -391,7 +423,10 @@ class Exchange:
         pool = self.pool
         assert pool is not None
         now = self.client.loop.time()
-        pool.balancer.observe(server, now - self.started_at, now)
+        latency = now - self.started_at
+        pool.balancer.observe(server, latency, now)
+        pool.latency_counts[bisect_left(LATENCY_BUCKETS, latency)] += 1
+        pool.latency_sum += latency
         if failed or (failed is not None and server.consecutive_failures):
             pool.record_outcome(server, not failed, now)
         if pool.waiting:
@@ -709,16 +744,11 @@ class ClientConnection(asyncio.Protocol):
             )
         )
         self.parsing = exchange
-        pool = runtime.route(host or b"", url)
+        exchange.route = runtime.route(host or b"", url)
         if self.active is None:
             self.active = exchange
-            if pool is None:
-                self.answer_error(exchange, 404, "no route matches this request")
-                return
-            exchange.pool = pool
-            exchange.dispatch(self.loop.time())
+            exchange.start(self.loop.time())
         else:
-            exchange.pool = pool
             self.queue.append(exchange)
             self.pause_reading(PAUSE_PIPELINE)
 
@@ -781,16 +811,19 @@ class ClientConnection(asyncio.Protocol):
             self.active = nxt
             if not self.queue:
                 self.resume_reading(PAUSE_PIPELINE)
-            if nxt.pool is None:
-                self.answer_error(nxt, 404, "no route matches this request")
-            else:
-                nxt.dispatch(self.loop.time())
+            nxt.start(self.loop.time())
             return
         if self.parsing is None:
             self.deadline.arm(self.slot.runtime.idle_timeout)
 
-    def answer_error(self, exchange: Exchange, status: int, why: str) -> None:
-        """Answer an exchange from the balancer itself (502, 503, 504, 404)."""
+    def answer_error(
+        self,
+        exchange: Exchange,
+        status: int,
+        why: str,
+        extra_headers: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None:
+        """Answer an exchange from the balancer itself (502, 503, 504, 404, 429...)."""
         exchange.finished = True
         exchange.response_begun = True
         transport = self.transport
@@ -801,6 +834,7 @@ class ClientConnection(asyncio.Protocol):
                     why,
                     close=exchange.close_after or self.closing,
                     request_id=exchange.request_id,
+                    extra_headers=extra_headers,
                 )
             )
         # Before the request's end the rest of its body is read and discarded;

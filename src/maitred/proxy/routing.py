@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from maitred.balancing import Balancer
 from maitred.balancing.base import LiveServer
@@ -22,6 +22,49 @@ if TYPE_CHECKING:
 
 #: Told (server, ok, now) about failures on real traffic and the first success after.
 OutcomeSink = Callable[[LiveServer, bool, float], None]
+
+#: Upper bounds (seconds) of the request-duration histogram buckets; the last is +Inf.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+class RequestPolicy(Protocol):
+    """Looks at a request before it goes to a pool (rate limits, redirects...).
+
+    ``admit`` returns True to let the request on; to refuse it, the policy answers
+    it itself (``exchange.client.answer_error``) and returns False. It may add
+    headers to the eventual answer through ``exchange.response_headers``.
+    """
+
+    def admit(self, exchange: Exchange, now: float) -> bool: ...
+
+
+class Affinity(Protocol):
+    """Session persistence for a pool: keeps a client on the server it had."""
+
+    def choose(self, exchange: Exchange, now: float) -> LiveServer | None:
+        """The server this request belongs to, or None to balance it normally.
+
+        May answer the exchange itself (strict persistence: 503) and mark it finished.
+        """
+        ...
+
+    def chosen(self, exchange: Exchange, server: LiveServer, now: float) -> None:
+        """``server`` takes the request; remember it (e.g. add a Set-Cookie answer header)."""
+        ...
 
 
 def ignore_outcome(server: LiveServer, ok: bool, now: float) -> None:
@@ -50,13 +93,19 @@ class PoolRuntime:
     waiting: deque[Exchange] = field(default_factory=deque)
     record_outcome: OutcomeSink = ignore_outcome
     retries: int = 0
+    affinity: Affinity | None = None
+    #: Request durations: counts per LATENCY_BUCKETS bucket (+Inf last) and their sum.
+    latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_sum: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
 class RouteRuntime:
     host: bytes | None
     path_prefix: bytes | None
-    pool: PoolRuntime
+    pool: PoolRuntime | None
+    #: The listener's policies, then the route's own, in the order they run.
+    policies: tuple[RequestPolicy, ...] = ()
 
     def matches(self, host: bytes, target: bytes) -> bool:
         if self.host is not None:
@@ -72,7 +121,8 @@ class RouteRuntime:
 class ListenerRuntime:
     name: str
     routes: tuple[RouteRuntime, ...]
-    default_pool: PoolRuntime | None
+    #: What applies when no route matches (pool None: 404).
+    default_route: RouteRuntime
     scheme: bytes
     header_timeout: float
     idle_timeout: float
@@ -80,13 +130,13 @@ class ListenerRuntime:
     max_uri_length: int
     max_body_size: int | None
 
-    def route(self, host: bytes, target: bytes) -> PoolRuntime | None:
+    def route(self, host: bytes, target: bytes) -> RouteRuntime:
         if self.routes:
             host = _host_without_port(host)
             for route in self.routes:
                 if route.matches(host, target):
-                    return route.pool
-        return self.default_pool
+                    return route
+        return self.default_route
 
 
 class ListenerSlot:

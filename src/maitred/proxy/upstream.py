@@ -287,6 +287,8 @@ class UpstreamConnection(asyncio.Protocol):
         head += parts
         if not self.has_request_id:
             head += (b"X-Request-Id: ", exchange.request_id, CRLF)
+        if exchange.response_headers:
+            head.append(exchange.response_headers)
         client_close = exchange.client_wants_close()
         if exchange.is_head or status == 204 or status == 304:
             self.body_mode = BODY_NONE
