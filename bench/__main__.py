@@ -110,4 +110,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # every child was already stopped on the way out
+        print("bench: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from bench import load, origins, targets, tools
@@ -157,9 +158,14 @@ def profile_with_cprofile(
     return 0
 
 
+def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # unwinds through the Supervisor, which stops every child
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     tools.ensure_installed(["nginx", "wrk", "taskset"])
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     load_cpus, proxy_cpus, _ = cpu_plan(pin=True)
     workdir = fresh_directory(OUT_DIR / "profile-run")
     with Supervisor() as supervisor:
@@ -180,4 +186,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # every child was already stopped on the way out
+        print("bench.profile: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -17,7 +17,9 @@ from typing import Protocol
 from maitred.balancing import Balancer
 from maitred.balancing.base import LiveServer
 from maitred.config import Config, Listener, Pool
+from maitred.policies.rate_limit import build_policies
 from maitred.policies.retry_budget import RetryBudget
+from maitred.policies.sticky import build_affinity
 from maitred.proxy.http1 import ClientConnection, DataPlane
 from maitred.proxy.routing import (
     ListenerRuntime,
@@ -60,6 +62,8 @@ class Worker:
         self._live: dict[str, LiveServer] = {}
         self._connections: dict[tuple[str, int], ServerConnections] = {}
         self.policy: ServerPolicy | None = None
+        #: Signs sticky-session cookies; the control side sets it from config or state.
+        self.sticky_secret = b""
 
     # -- configuration -----------------------------------------------------------
 
@@ -158,6 +162,7 @@ class Worker:
             queue_size=pool.queue.size,
             queue_timeout=pool.queue.timeout,
             record_outcome=self.policy.outcome_sink(name) if self.policy else ignore_outcome,
+            affinity=build_affinity(name, pool, secret=self.sticky_secret, https=False),
         )
         budget = (pool.retries.budget_percent, pool.retries.min_per_second)
         if previous is not None:
@@ -236,13 +241,19 @@ def _listener_runtime(listener: Listener, pools: dict[str, PoolRuntime]) -> List
             host=route.match.host.encode() if route.match.host else None,
             path_prefix=route.match.path_prefix.encode() if route.match.path_prefix else None,
             pool=pools[route.pool],
+            policies=build_policies(listener, route),
         )
         for route in listener.routes
     )
     return ListenerRuntime(
         name=listener.name,
         routes=routes,
-        default_route=RouteRuntime(None, None, pools[listener.pool] if listener.pool else None),
+        default_route=RouteRuntime(
+            None,
+            None,
+            pools[listener.pool] if listener.pool else None,
+            policies=build_policies(listener, None),
+        ),
         scheme=b"https" if listener.tls else b"http",
         header_timeout=listener.timeouts.client_header,
         idle_timeout=listener.timeouts.idle,
