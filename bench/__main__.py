@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from bench import origins, report, scenarios, targets, tools
+from bench import origins, report, scenarios, targets, tls_files, tools
 from bench.processes import Supervisor, cpu_plan, fresh_directory
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -59,7 +59,7 @@ def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    tools.ensure_installed(["haproxy", "nginx", "wrk", "h2load", "taskset"])
+    tools.ensure_installed(["haproxy", "nginx", "wrk", "h2load", "taskset", "openssl"])
     order = list(scenarios.SCENARIOS)
     names = sorted(set(args.scenario or order), key=order.index)
     load_cpus, proxy_cpus, pinning = cpu_plan(not args.no_pin)
@@ -76,8 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     notes: list[str] = []
     with Supervisor() as supervisor:
         pool = origins.start(supervisor, workdir, load_cpus)
+        tls = tls_files.generate(workdir)
         started = [
-            targets.start(name, supervisor, workdir, pool.ports, proxy_cpus)
+            targets.start(name, supervisor, workdir, pool.ports, proxy_cpus, tls)
             for name in args.targets.split(",")
         ]
         for target in started:

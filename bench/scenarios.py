@@ -36,7 +36,9 @@ class Bench:
     notes: list[str] = field(default_factory=list)
     haproxy_small_rps: float | None = None  # sets the fixed rate of "latency" and "cpu"
 
-    def url(self, target: Target, path: str = "/") -> str:
+    def url(self, target: Target, path: str = "/", https: bool = False) -> str:
+        if https:
+            return f"https://127.0.0.1:{target.tls_port}{path}"
         return f"http://127.0.0.1:{target.port}{path}"
 
     def rotation(self) -> list[tuple[int, Target]]:
@@ -62,12 +64,17 @@ def _record(target: Target, *values: tuple[Row, float]) -> None:
 
 
 def _try_wrk(
-    bench: Bench, target: Target, path: str, headers: tuple[str, ...], seconds: float
+    bench: Bench,
+    target: Target,
+    path: str,
+    headers: tuple[str, ...],
+    seconds: float,
+    https: bool = False,
 ) -> load.WrkResult | None:
     s = bench.settings
     try:
         return load.run_wrk(
-            bench.url(target, path), seconds, s.connections, s.threads, headers, s.load_cpus
+            bench.url(target, path, https), seconds, s.connections, s.threads, headers, s.load_cpus
         )
     except ValueError as error:  # wrk printed no result: the target stopped answering
         bench.notes.append(f"{target.name}: wrk failed on {path}: {str(error).strip()[:200]}")
@@ -75,19 +82,25 @@ def _try_wrk(
 
 
 def _throughput(
-    bench: Bench, scenario: str, path: str, headers: tuple[str, ...], goal: Goal | None
+    bench: Bench,
+    scenario: str,
+    path: str,
+    headers: tuple[str, ...],
+    goal: Goal | None,
+    https: bool = False,
+    what: str = "req/s",
 ) -> list[Row]:
     s = bench.settings
-    rate = Row(scenario, "req/s", goal=goal)
-    busy = Row(scenario, "proxy CPU %")
+    rate = Row(scenario, what, goal=goal)
+    busy = Row(scenario, "proxy CPU %" if what == "req/s" else f"proxy CPU % ({what})")
     for target in bench.targets:
-        _try_wrk(bench, target, path, headers, s.warmup_seconds)
+        _try_wrk(bench, target, path, headers, s.warmup_seconds, https)
     for round_index, target in bench.rotation():
         result = None
         if bench.still_running(target, scenario):
             bench.say(f"{scenario} round {round_index + 1}/{s.rounds}: {target.name}")
             cpu_before = procfs.cpu_seconds(target.pid)
-            result = _try_wrk(bench, target, path, headers, s.seconds)
+            result = _try_wrk(bench, target, path, headers, s.seconds, https)
             cpu_used = procfs.cpu_seconds(target.pid) - cpu_before
         if result is None:
             _record(target, (rate, math.nan), (busy, math.nan))
@@ -217,7 +230,18 @@ def idle_memory(bench: Bench) -> list[Row]:
 
 
 def https(bench: Bench) -> list[Row]:
-    return [Row("https", "req/s", skipped="needs TLS termination (issue 7)")]
+    """HTTPS termination: keep-alive throughput, then a new TLS connection per request."""
+    keep_alive = _throughput(bench, "https", "/", (), Goal("ratio_at_least", 0.9), https=True)
+    handshakes = _throughput(
+        bench, "https", "/", ("Connection: close",), None, https=True, what="new conn/s"
+    )
+    bench.notes.append(
+        "https: the same proxying behind TLS (TLS 1.3 as negotiated by wrk's OpenSSL, one "
+        "ECDSA P-256 certificate for every proxy, ALPN http/1.1); 'new conn/s' sends "
+        "Connection: close, so every request pays a TCP and TLS handshake (wrk may resume "
+        "the TLS session, for every proxy alike)."
+    )
+    return keep_alive + handshakes
 
 
 SCENARIOS: dict[str, Callable[[Bench], list[Row]]] = {

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from bench import nginx
 from bench.processes import Child, Supervisor, free_port, wait_until_serving
+from bench.tls_files import TlsFiles
 from bench.tools import require
 
 MAITRED = "maitred"
@@ -34,6 +35,7 @@ class Target:
     port: int
     child: Child | None  # None when the target could not start
     problem: str = ""
+    tls_port: int = 0  # the same proxying over HTTPS (scenario "https")
 
     @property
     def available(self) -> bool:
@@ -45,7 +47,16 @@ class Target:
         return self.child.pid
 
 
-def haproxy_config(port: int, origin_ports: list[int]) -> str:
+def haproxy_config(
+    port: int, origin_ports: list[int], tls_port: int = 0, tls: TlsFiles | None = None
+) -> str:
+    tls_frontend = ""
+    if tls is not None:
+        tls_frontend = f"""
+frontend bench_tls
+    bind 127.0.0.1:{tls_port} ssl crt {tls.combined} alpn http/1.1
+    default_backend origins
+"""
     servers = "\n".join(
         f"    server origin{i} 127.0.0.1:{p} check inter 2s" for i, p in enumerate(origin_ports)
     )
@@ -71,7 +82,7 @@ defaults
 frontend bench
     bind 127.0.0.1:{port}
     default_backend origins
-
+{tls_frontend}
 backend origins
     balance roundrobin
     option httpchk GET /health
@@ -79,7 +90,20 @@ backend origins
 """
 
 
-def nginx_proxy_config(workdir: Path, port: int, origin_ports: list[int]) -> str:
+def nginx_proxy_config(
+    workdir: Path,
+    port: int,
+    origin_ports: list[int],
+    tls_port: int = 0,
+    tls: TlsFiles | None = None,
+) -> str:
+    tls_listen = ""
+    if tls is not None:
+        tls_listen = (
+            f"listen 127.0.0.1:{tls_port} ssl backlog=4096;\n"
+            f"    ssl_certificate {tls.cert};\n"
+            f"    ssl_certificate_key {tls.key};"
+        )
     servers = "\n".join(f"    server 127.0.0.1:{p};" for p in origin_ports)
     main = nginx.main_block(workdir, "nginx-proxy", MAX_OPEN_FILES, MAX_CLIENT_CONNECTIONS)
     # Buffers large enough that a 50 KB answer never spills to a temp file.
@@ -97,6 +121,7 @@ http {{
   }}
   server {{
     listen 127.0.0.1:{port} backlog=4096;
+    {tls_listen}
     location / {{
       proxy_pass http://origins;
       proxy_http_version 1.1;
@@ -110,7 +135,19 @@ http {{
 """
 
 
-def maitred_config(port: int, origin_ports: list[int]) -> str:
+def maitred_config(
+    port: int, origin_ports: list[int], tls_port: int = 0, tls: TlsFiles | None = None
+) -> str:
+    tls_listener = ""
+    if tls is not None:
+        tls_listener = f"""  - name: bench_tls
+    bind: 127.0.0.1:{tls_port}
+    pool: origins
+    timeouts: {{idle: 120s}}
+    tls:
+      certificates:
+        - {{cert: {tls.cert}, key: {tls.key}}}
+"""
     servers = "\n".join(f"      - {{address: 127.0.0.1:{p}}}" for p in origin_ports)
     return f"""workers: 1
 listeners:
@@ -118,7 +155,7 @@ listeners:
     bind: 127.0.0.1:{port}
     pool: origins
     timeouts: {{idle: 120s}}
-pools:
+{tls_listener}pools:
   origins:
     algorithm: round_robin
     servers:
@@ -137,26 +174,31 @@ def maitred_argv(config_path: Path) -> tuple[list[str], dict[str, str]]:
 
 
 def start(
-    name: str, supervisor: Supervisor, workdir: Path, origin_ports: list[int], cpus: str | None
+    name: str,
+    supervisor: Supervisor,
+    workdir: Path,
+    origin_ports: list[int],
+    cpus: str | None,
+    tls: TlsFiles | None = None,
 ) -> Target:
-    port = free_port()
+    port, tls_port = free_port(), free_port()
     if name == NGINX:
-        conf = nginx_proxy_config(workdir, port, origin_ports)
+        conf = nginx_proxy_config(workdir, port, origin_ports, tls_port, tls)
         child = nginx.start(supervisor, workdir, "nginx-proxy", conf, cpus)
     elif name == HAPROXY:
         conf_path = workdir / "haproxy.cfg"
-        conf_path.write_text(haproxy_config(port, origin_ports))
+        conf_path.write_text(haproxy_config(port, origin_ports, tls_port, tls))
         argv = [require("haproxy"), "-f", str(conf_path), "-db"]
         child = supervisor.start(name, argv, workdir / "haproxy.log", cpus)
     elif name == MAITRED:
         conf_path = workdir / "maitred.yaml"
-        conf_path.write_text(maitred_config(port, origin_ports))
+        conf_path.write_text(maitred_config(port, origin_ports, tls_port, tls))
         argv, env = maitred_argv(conf_path)
         child = supervisor.start(name, argv, workdir / "maitred.log", cpus, env)
     else:
         raise ValueError(f"unknown target {name!r}")
     if wait_until_serving(child, port, "/", START_TIMEOUT_SECONDS):
-        return Target(name, port, child)
+        return Target(name, port, child, tls_port=tls_port)
     problem = child.log_tail(5) or "did not answer 200 on /"
     supervisor.stop(child)
     return Target(name, port, None, f"not available: {problem}")

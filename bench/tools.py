@@ -18,6 +18,7 @@ DEBIAN_PACKAGES = {
     "wrk": "wrk",
     "h2load": "nghttp2-client",
     "taskset": "util-linux",
+    "openssl": "openssl",
 }
 
 

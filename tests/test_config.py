@@ -193,12 +193,17 @@ def test_to_dict_is_plain_json_with_seconds_and_address_strings() -> None:
 
     assert json.loads(json.dumps(data)) == data
     assert data["admin"]["bind"] == "127.0.0.1:9090"
-    assert data["listeners"][0]["timeouts"] == {"client_header": 10.0, "idle": 60.0}
+    assert data["listeners"][0]["timeouts"] == {
+        "client_header": 10.0,
+        "client_body": 30.0,
+        "idle": 60.0,
+    }
     assert data["pools"]["web"]["servers"][0] == {
         "address": "127.0.0.1:9001",
         "weight": 5,
         "backup": False,
         "max_connections": None,
+        "health_check_path": None,
     }
     assert data["pools"]["web"]["sticky"]["max_age"] == 3600.0
     assert data["pools"]["api"]["servers"][0]["address"] == "[::1]:9003"

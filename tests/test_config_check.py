@@ -40,7 +40,7 @@ def test_unknown_key_without_a_close_match_lists_the_valid_ones() -> None:
     ) == [
         "pools.web.colour: unknown key; expected one of: algorithm, servers, health_check, "
         "sticky, timeouts, connection_pool, send_proxy_protocol, hash_on, balance_factor, "
-        "slow_start, outlier_detection, retries, queue (line 3)"
+        "slow_start, outlier_detection, retries, queue, tls (line 3)"
     ]
 
 
@@ -342,7 +342,7 @@ def test_load_config_reports_lines_of_the_file(tmp_path: Path) -> None:
     assert str(caught.value) == "pools.w.x: unknown key; expected one of: " + (
         "algorithm, servers, health_check, sticky, timeouts, connection_pool, "
         "send_proxy_protocol, hash_on, balance_factor, slow_start, outlier_detection, retries, "
-        "queue (line 4)"
+        "queue, tls (line 4)"
     )
 
 

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from maitred import __version__
-from maitred.config import Config, ConfigError, config_from_flags, load_config
+from maitred.config import Config, ConfigError, config_from_flags
+from maitred.config.file_checks import load_checked_config
 from maitred.log import setup_logging
 
 
@@ -67,11 +68,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _check(path: Path) -> int:
     try:
-        load_config(path)
+        config, warnings = load_checked_config(path)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem)
         return 2
+    for warning in warnings:
+        print(warning)
+    # Runtime changes made through the admin API, replayed on top of this file.
+    from maitred.control.overlay import overlay_warnings
+
+    for runtime_warning in overlay_warnings(config, path):
+        print(runtime_warning)
     print(f"{path}: configuration is valid")
     return 0
 
@@ -82,7 +90,9 @@ def _run(args: argparse.Namespace) -> int:
             if args.listen or args.backend:
                 print("use either -c FILE or --listen/--backend, not both", file=sys.stderr)
                 return 2
-            config = load_config(args.config)
+            config, warnings = load_checked_config(args.config)
+            for warning in warnings:
+                print(warning, file=sys.stderr)
         elif args.listen and args.backend:
             config = config_from_flags(args.listen, args.backend, args.algorithm, args.admin)
         else:

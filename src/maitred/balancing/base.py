@@ -47,6 +47,7 @@ class LiveServer:
         "max_connections",
         "consecutive_failures",
         "answers",
+        "latency_sum",
     )
 
     def __init__(
@@ -78,6 +79,8 @@ class LiveServer:
         self.consecutive_failures = 0
         #: Answers relayed from this server by status class: answers[5] counts 5xx.
         self.answers = [0] * 6
+        #: Seconds spent on the requests this server completed (with ``requests``: a mean).
+        self.latency_sum = 0.0
 
     @property
     def active(self) -> int:
@@ -112,6 +115,8 @@ class Strategy(ABC):
     name: ClassVar[str]
     #: True when ``pick`` uses the request's hash key (client address, header, cookie).
     uses_key: ClassVar[bool] = False
+    #: True when ``observe`` matters (the strategy learns from response times).
+    uses_latency: ClassVar[bool] = False
 
     @abstractmethod
     def rebuild(self, servers: Sequence[LiveServer], now: float) -> None:

@@ -33,6 +33,7 @@ UNSAMPLED_PENALTY = 1e6
 class LeastResponseTime(ScoredStrategy):
     name = "least_response_time"
     weighted = True
+    uses_latency = True
 
     def __init__(self, **options: Unpack[StrategyOptions]) -> None:
         super().__init__(**options)

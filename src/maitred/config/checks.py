@@ -119,8 +119,11 @@ def _listener_issues(listeners: Sequence[object], pool_names: set[str] | None) -
         pool = listener.get("pool")
         if protocol == "tcp" and has_routes:
             yield Issue((*here, "routes"), "routes are only allowed on http listeners")
-        if protocol == "http" and pool is None and not has_routes:
+        redirects = listener.get("redirect_https") is True
+        if protocol == "http" and pool is None and not has_routes and not redirects:
             yield Issue(here, "an http listener needs a 'pool' or 'routes'")
+        if redirects:
+            yield from _redirect_issues(here, protocol, listener.get("tls"))
         if protocol == "tcp" and pool is None:
             yield Issue(here, "a tcp listener needs a 'pool'")
         if protocol == "tcp":
@@ -132,6 +135,13 @@ def _listener_issues(listeners: Sequence[object], pool_names: set[str] | None) -
                     if _is_map(route):
                         loc = (*here, "routes", route_index, "pool")
                         yield from _unknown_pool(loc, route.get("pool"), pool_names)
+
+
+def _redirect_issues(here: Loc, protocol: object, tls: object) -> Iterator[Issue]:
+    if protocol == "tcp":
+        yield Issue((*here, "redirect_https"), "only http listeners can redirect to https")
+    elif tls is not None:
+        yield Issue((*here, "redirect_https"), "this listener already speaks https (it has tls)")
 
 
 def _tcp_rate_limit_issues(here: Loc, rate_limit: object) -> Iterator[Issue]:

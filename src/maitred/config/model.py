@@ -14,7 +14,9 @@ change after it is built, a reload builds a new one and swaps it in whole.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from types import MappingProxyType
 from typing import Annotated, Any, Literal
 
@@ -23,6 +25,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainSerializer,
     PlainValidator,
     ValidationInfo,
     WrapSerializer,
@@ -41,9 +44,11 @@ from maitred.config.scalars import (
     parse_duration,
     parse_key_spec,
 )
+from maitred.config.tls_settings import CertificateFiles, PoolTls, TlsSettings
 
 __all__ = [
     "ALGORITHMS",
+    "AccessLog",
     "Address",
     "AdminConfig",
     "CertificateFiles",
@@ -59,6 +64,7 @@ __all__ = [
     "ListenerTimeouts",
     "Pool",
     "PoolTimeouts",
+    "PoolTls",
     "PositiveDuration",
     "RateLimit",
     "RateLimitStore",
@@ -125,6 +131,22 @@ def _rate_limit_key(key: str) -> str:
     return parse_key_spec(key, plain=("client_ip",), prefixed=("header",))
 
 
+def _trusted_network(value: object) -> IPv4Network | IPv6Network:
+    if not isinstance(value, str):
+        raise ValueError("must be an address or a CIDR, e.g. 10.0.0.0/8")
+    try:
+        # Host bits set (10.0.0.1/8) are forgiven, as NGINX's set_real_ip_from does.
+        return ip_network(value.strip(), strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an address or a CIDR, e.g. 10.0.0.0/8") from None
+
+
+def _redis_url(url: str) -> str:
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    return url
+
+
 def _hash_on(key: str) -> str:
     return parse_key_spec(key, plain=("client_ip",), prefixed=("header", "cookie"))
 
@@ -138,22 +160,12 @@ def _as_plain_dict(pools: Mapping[str, Pool], next_serializer: SerializeNext) ->
 
 
 AbsolutePath = Annotated[str, AfterValidator(_absolute_path)]
+TrustedNetwork = Annotated[
+    IPv4Network | IPv6Network, PlainValidator(_trusted_network), PlainSerializer(str)
+]
 
 
 # --- listeners ---------------------------------------------------------------
-
-
-class CertificateFiles(_Frozen):
-    """A certificate chain and its private key, as PEM file paths."""
-
-    cert: str
-    key: str
-
-
-class TlsSettings(_Frozen):
-    """TLS termination; the certificate is chosen by SNI, the first is the default."""
-
-    certificates: tuple[CertificateFiles, ...] = Field(min_length=1)
 
 
 class RouteMatch(_Frozen):
@@ -172,6 +184,8 @@ class RouteMatch(_Frozen):
 class Route(_Frozen):
     match: RouteMatch
     pool: str
+    #: Applies in addition to the listener's rate_limit; all must admit a request.
+    rate_limit: RateLimit | None = None
 
 
 class RateLimit(_Frozen):
@@ -181,6 +195,10 @@ class RateLimit(_Frozen):
     rate: int = Field(ge=1)
     per: PositiveDuration = 1.0
     burst: int = Field(default=1, ge=1)
+    #: Send RateLimit-Policy / RateLimit headers (the 429's Retry-After is always sent).
+    headers: bool = True
+    #: Keys tracked in memory per limit; past it the least recently used is forgotten.
+    max_keys: int = Field(default=1_000_000, ge=1)
 
     @model_validator(mode="before")
     @classmethod
@@ -194,6 +212,8 @@ class RateLimit(_Frozen):
 
 class ListenerTimeouts(_Frozen):
     client_header: PositiveDuration = 10.0
+    #: Longest silence while a request body is being received (→ 408 and close).
+    client_body: PositiveDuration = 30.0
     idle: PositiveDuration = 60.0
 
 
@@ -201,8 +221,20 @@ class ListenerLimits(_Frozen):
     """Request size limits; ``max_header_size`` covers the whole request head."""
 
     max_header_size: int = Field(default=16384, ge=1)
+    max_headers: int = Field(default=100, ge=1)
     max_uri_length: int = Field(default=8192, ge=1)
     max_body_size: int | None = Field(default=None, ge=0)
+    #: Open client connections the listener accepts at once (None: no limit).
+    max_connections: int | None = Field(default=None, ge=1)
+    #: Open connections one client address may hold (slowloris from one address).
+    max_connections_per_client: int | None = Field(default=None, ge=1)
+
+
+class AccessLog(_Frozen):
+    """One line per request: ``combined`` (Apache/NGINX) or ``json``; ``path: -`` is stdout."""
+
+    format: Literal["combined", "json"] = "combined"
+    path: str = Field(default="-", min_length=1)
 
 
 class Listener(_Frozen):
@@ -210,12 +242,17 @@ class Listener(_Frozen):
     bind: BindAddress
     protocol: Literal["http", "tcp"] = "http"
     tls: TlsSettings | None = None
+    #: A plain http listener that answers every request with 308 to https://.
+    redirect_https: bool = False
     routes: tuple[Route, ...] = ()
     pool: str | None = None
     rate_limit: RateLimit | None = None
     timeouts: ListenerTimeouts = ListenerTimeouts()
     limits: ListenerLimits = ListenerLimits()
     proxy_protocol: bool = False
+    access_log: AccessLog | None = None
+    #: Peers whose X-Forwarded-For is believed (CIDRs): the client is the last untrusted hop.
+    trusted_proxies: tuple[TrustedNetwork, ...] = ()
 
 
 # --- pools -------------------------------------------------------------------
@@ -226,6 +263,9 @@ class ServerConfig(_Frozen):
     weight: int = Field(default=1, ge=1, le=1000)
     backup: bool = False
     max_connections: int | None = Field(default=None, ge=1)
+    #: This server's active-check path; overrides the pool's health_check.path and,
+    #: in a pool without health_check, checks this server with the default settings.
+    health_check_path: AbsolutePath | None = None
 
 
 def _status_ranges(value: object) -> tuple[tuple[int, int], ...]:
@@ -298,12 +338,64 @@ class QueueSettings(_Frozen):
     timeout: PositiveDuration = 5.0
 
 
+_COOKIE_NAME_CHARS = frozenset(
+    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+_COOKIE_DOMAIN_CHARS = frozenset(".-0123456789abcdefghijklmnopqrstuvwxyz")
+_SAME_SITE = {"lax": "Lax", "strict": "Strict", "none": "None"}
+
+
+def _cookie_name(name: str) -> str:
+    if not name or not set(name) <= _COOKIE_NAME_CHARS:
+        raise ValueError(f"{name!r} is not a valid cookie name (letters, digits, !#$%&'*+-.^_`|~)")
+    return name
+
+
+def _cookie_path(path: str) -> str:
+    # Anything else would end the attribute early or break the header line.
+    if not path.startswith("/") or any(char == ";" or not " " < char < "\x7f" for char in path):
+        raise ValueError("must start with '/' and hold no spaces, ';' or control characters")
+    return path
+
+
+def _cookie_domain(domain: str) -> str:
+    domain = domain.lower()
+    if not domain.strip(".") or not set(domain) <= _COOKIE_DOMAIN_CHARS:
+        raise ValueError("must be a host name such as example.com")
+    return domain
+
+
+def _same_site(value: str) -> str:
+    normalized = _SAME_SITE.get(value.lower())
+    if normalized is None:
+        raise ValueError("must be Lax, Strict or None")
+    return normalized
+
+
 class Sticky(_Frozen):
-    """Session affinity: ``cookie``, ``ip`` or ``header:NAME`` (stored lowercased)."""
+    """Session affinity: ``cookie``, ``ip`` or ``header:NAME`` (stored lowercased).
+
+    ``strict`` applies to every mode; the other keys shape the ``cookie`` mode's
+    cookie. ``secret`` signs it (default: generated once and kept in ``state_dir``);
+    ``secure`` None means "on HTTPS listeners only".
+    """
 
     mode: Annotated[str, AfterValidator(_sticky_mode)]
-    cookie: str = Field(default="LB_SESSION", min_length=1)
+    cookie: Annotated[str, AfterValidator(_cookie_name)] = "LB_SESSION"
     max_age: PositiveDuration = 3600.0
+    strict: bool = False
+    secret: str | None = Field(default=None, min_length=16, repr=False)
+    path: Annotated[str, AfterValidator(_cookie_path)] = "/"
+    domain: Annotated[str, AfterValidator(_cookie_domain)] | None = None
+    same_site: Annotated[str, AfterValidator(_same_site)] = "Lax"
+    secure: bool | None = None
+    http_only: bool = True
+
+    @model_validator(mode="after")
+    def _same_site_none_needs_secure(self) -> Sticky:
+        if self.same_site == "None" and self.secure is False:
+            raise ValueError("same_site None needs secure (browsers drop such cookies)")
+        return self
 
 
 class PoolTimeouts(_Frozen):
@@ -333,6 +425,8 @@ class Pool(_Frozen):
     outlier_detection: OutlierDetection = OutlierDetection()
     retries: Retries = Retries()
     queue: QueueSettings = QueueSettings()
+    #: Speak TLS to the servers.
+    tls: PoolTls | None = None
 
 
 # --- the whole file ----------------------------------------------------------
@@ -342,9 +436,34 @@ class AdminConfig(_Frozen):
     bind: BindAddress
     token: str | None = Field(default=None, min_length=1)
 
+    @model_validator(mode="after")
+    def _open_only_on_loopback(self) -> AdminConfig:
+        # Without a token anyone who reaches the admin API controls the balancer.
+        if self.token is None and not _is_loopback(self.bind.host):
+            raise ValueError(
+                f"admin.bind {self.bind} is not a loopback address: set admin.token, "
+                "or bind the admin API to 127.0.0.1, ::1 or localhost"
+            )
+        return self
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
 
 class RateLimitStore(_Frozen):
-    redis: str = Field(min_length=1)
+    """Rate limit state shared through Redis by every worker and every instance."""
+
+    redis: Annotated[str, AfterValidator(_redis_url)]
+    #: What decides while Redis is unreachable: the in-process limiter, or admit / refuse all.
+    on_store_failure: Literal["local", "allow", "deny"] = "local"
+    #: How long a request waits for Redis before the on_store_failure rule decides.
+    timeout: PositiveDuration = 0.1
 
 
 class Config(_Frozen):

@@ -1,92 +1,107 @@
-"""The admin listener (control side): health and readiness for now.
+"""The admin listener: API, Prometheus metrics, dashboard, health and readiness.
 
-Not on the hot path, so it uses asyncio streams and h11-free hand parsing of
-the tiny requests orchestrators and keepalived send.
+Open to anyone who reaches the listener: ``/healthz``, ``/readyz`` (for
+orchestrators and keepalived), ``/metrics`` (for Prometheus scrapers) and the
+dashboard page ``/`` (a static page; its API calls carry the token). Every
+``/api/`` route needs ``Authorization: Bearer <admin.token>`` when a token is
+configured; without a token the configuration only allows a loopback bind.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
+import hmac
 import logging
-from collections.abc import Callable
+from importlib import resources
+from typing import TYPE_CHECKING
+
+from maitred.control.admin_api import AdminApi
+from maitred.control.admin_http import HttpServer, Request, Response, Router, json_response
+from maitred.control.admin_views import Views
+from maitred.control.prometheus import CONTENT_TYPE, BalancerCollector, build_registry, render
+from maitred.control.stats import Sampler, take_sample
+
+if TYPE_CHECKING:
+    from maitred.control.supervisor import Supervisor
 
 log = logging.getLogger("maitred.admin")
 
-MAX_ADMIN_HEAD = 16384
+DASHBOARD_FILE = "dashboard.html"
 
 
 class AdminServer:
-    def __init__(self, is_ready: Callable[[], tuple[bool, dict[str, object]]]) -> None:
-        self._is_ready = is_ready
-        self._server: asyncio.Server | None = None
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+        assert supervisor.worker is not None and supervisor.health is not None
+        worker = supervisor.worker
+        self.sampler = Sampler(lambda: take_sample(worker.pools, len(worker.plane.connections)))
+        self.views = Views(worker, supervisor.health, self.sampler, supervisor.runtime.leaving)
+        self.api = AdminApi(supervisor, self.views)
+        self.collector = BalancerCollector(supervisor)
+        self._registry = build_registry(self.collector)
+        self._dashboard = resources.files("maitred.control").joinpath(DASHBOARD_FILE).read_bytes()
+        router = Router()
+        router.add("GET", "/healthz", self._healthz)
+        router.add("GET", "/readyz", self._readyz)
+        router.add("GET", "/metrics", self._metrics)
+        router.add("GET", "/", self._dashboard_page)
+        self.api.register(router)
+        self._router = router
+        self._http = HttpServer(self._dispatch)
 
     async def start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(self._handle, host, port)
+        await self._http.start(host, port)
+        self.sampler.start()
         log.info("admin listening on %s", ", ".join(self.addresses()))
 
     def addresses(self) -> list[str]:
-        if self._server is None:
-            return []
-        return ["{}:{}".format(*sock.getsockname()[:2]) for sock in self._server.sockets]
+        return self._http.addresses()
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        await self.api.close()
+        await self.sampler.close()
+        await self._http.close()
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                try:
-                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
-                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
-                    return
-                if len(head) > MAX_ADMIN_HEAD:
-                    return
-                request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
-                parts = request_line.split(" ")
-                if len(parts) != 3:
-                    writer.write(_response(400, {"error": "malformed request line"}, close=True))
-                    return
-                method, target, _ = parts
-                path = target.split("?", 1)[0]
-                close = b"connection: close" in head.lower()
-                status, body = self._route(method, path)
-                writer.write(_response(status, body, close=close))
-                await writer.drain()
-                if close:
-                    return
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
+    async def _dispatch(self, request: Request) -> Response:
+        if request.path.startswith("/api/") and not self._authorized(request):
+            return json_response(
+                401,
+                {"error": "missing or wrong token: send 'Authorization: Bearer <admin.token>'"},
+                [("WWW-Authenticate", 'Bearer realm="maitred"')],
+            )
+        return await self._router.dispatch(request)
 
-    def _route(self, method: str, path: str) -> tuple[int, dict[str, object]]:
-        if method not in ("GET", "HEAD"):
-            return 405, {"error": f"method {method} not allowed"}
-        if path == "/healthz":
-            return 200, {"status": "ok"}
-        if path == "/readyz":
-            ready, detail = self._is_ready()
-            return (200 if ready else 503), {"ready": ready, **detail}
-        return 404, {"error": f"no such path: {path}"}
+    def _authorized(self, request: Request) -> bool:
+        admin = self.supervisor.config.admin
+        token = admin.token if admin is not None else None
+        if token is None:
+            return True
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        return hmac.compare_digest(given.strip().encode(), token.encode())
 
+    async def _healthz(self, request: Request) -> Response:
+        return json_response(200, {"status": "ok"})
 
-REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    503: "Service Unavailable",
-}
+    async def _readyz(self, request: Request) -> Response:
+        ready, detail = self.supervisor._readiness()
+        return json_response(200 if ready else 503, {"ready": ready, **detail})
 
+    async def _metrics(self, request: Request) -> Response:
+        return Response(200, render(self._registry), CONTENT_TYPE)
 
-def _response(status: int, body: dict[str, object], *, close: bool) -> bytes:
-    payload = json.dumps(body).encode() + b"\n"
-    head = (
-        f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\n"
-        "Content-Type: application/json\r\n"
-        f"Content-Length: {len(payload)}\r\n" + ("Connection: close\r\n" if close else "") + "\r\n"
-    )
-    return head.encode() + payload
+    async def _dashboard_page(self, request: Request) -> Response:
+        return Response(
+            200,
+            self._dashboard,
+            "text/html; charset=utf-8",
+            [
+                (
+                    "Content-Security-Policy",
+                    "default-src 'none'; script-src 'unsafe-inline'; "
+                    "style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:",
+                ),
+                ("X-Content-Type-Options", "nosniff"),
+                ("Referrer-Policy", "no-referrer"),
+            ],
+        )

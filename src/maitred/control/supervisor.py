@@ -13,21 +13,31 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-from maitred.config import Config, ConfigError, load_config
+from maitred.config import Config, ConfigError
+from maitred.config.file_checks import base_dir_of, load_checked_config
 from maitred.control.admin import AdminServer
 from maitred.control.health import HealthControl
+from maitred.control.overlay import resolve_state_file
+from maitred.control.runtime import RuntimeChanges
 from maitred.control.worker import Worker
+from maitred.policies.sticky_secret import sticky_secret_for
+from maitred.tls.watch import FileWatcher
 
 log = logging.getLogger("maitred")
 
 
 class Supervisor:
     def __init__(self, config: Config, config_path: Path | None = None) -> None:
+        #: The effective configuration: the file's plus the runtime changes (admin API).
         self.config = config
+        #: The configuration as the file (or the flags) says it.
+        self.file_config = config
         self.config_path = config_path
+        self.runtime = RuntimeChanges(resolve_state_file(config, config_path))
         self.worker: Worker | None = None
         self.health: HealthControl | None = None
         self.admin: AdminServer | None = None
+        self.tls_watch: FileWatcher | None = None
         self._stop = asyncio.Event()
         self._reloading: asyncio.Task[bool] | None = None
         #: Called once listeners are bound (tests and `maitred demo` use it).
@@ -36,10 +46,16 @@ class Supervisor:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self.worker = Worker(loop)
+        if self.config_path is not None:
+            self.worker.tls.base_dir = base_dir_of(self.config_path)
         self.health = HealthControl(loop, self.worker)
+        self.config = self.runtime.effective(self.file_config)
         await self._apply(self.config)
+        # Renewed certificates go into service without a reload (issue 7).
+        self.tls_watch = FileWatcher(self.worker.tls.files, self.worker.reload_tls_files)
+        self.tls_watch.start()
         if self.config.admin is not None:
-            self.admin = AdminServer(self._readiness)
+            self.admin = AdminServer(self)
             await self.admin.start(self.config.admin.bind.host, self.config.admin.bind.port)
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
@@ -59,28 +75,41 @@ class Supervisor:
 
     async def reload(self) -> bool:
         """Re-read the configuration file; keep the running one when it is invalid."""
+        return not await self.reload_file()
+
+    async def reload_file(self) -> list[str]:
+        """Re-read the file and replay the runtime changes on it; the problems if refused."""
         if self.config_path is None:
             log.info("reload requested, but no configuration file is in use")
-            return False
+            return ["no configuration file is in use"]
         try:
-            config = await asyncio.to_thread(load_config, self.config_path)
+            config, warnings = await asyncio.to_thread(load_checked_config, self.config_path)
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload refused: %s", problem)
-            return False
-        try:
-            await self._apply(config)
-        except OSError as exc:
-            log.error("reload failed, keeping the running configuration: %s", exc)
-            await self._apply(self.config)
-            return False
-        self.config = config
+            return [str(problem) for problem in exc.problems]
+        for warning in warnings:
+            log.warning("%s", warning)
+        async with self.runtime.lock:
+            effective = self.runtime.effective(config)
+            try:
+                await self._apply(effective)
+            except OSError as exc:
+                log.error("reload failed, keeping the running configuration: %s", exc)
+                await self._apply(self.config)
+                return [str(exc)]
+            self.file_config = config
+            self.config = effective
         log.info("configuration reloaded from %s", self.config_path)
-        return True
+        return []
 
     async def _apply(self, config: Config) -> None:
         assert self.worker is not None and self.health is not None
+        self.health.admin_states = self.runtime.admin_states(config)
         self.health.prepare(config)
+        if not self.worker.sticky_secret:
+            # Sticky sessions (issue 6): loaded once, kept for the process lifetime.
+            self.worker.sticky_secret = sticky_secret_for(config)
         await self.worker.apply(config)
         self.health.start(config)
 
@@ -90,6 +119,8 @@ class Supervisor:
         drained = await self.worker.drain(self.config.drain_timeout)
         if not drained:
             log.warning("drain timeout reached; remaining connections were closed")
+        if self.tls_watch is not None:
+            self.tls_watch.stop()
         if self.health is not None:
             await self.health.close()
         if self.admin is not None:

@@ -17,11 +17,15 @@ from typing import Protocol
 from maitred.balancing import Balancer
 from maitred.balancing.base import LiveServer
 from maitred.config import Config, Listener, Pool
-from maitred.policies.rate_limit import build_policies
+from maitred.config.tls_settings import PoolTls
+from maitred.control.access_log import AccessLogs
+from maitred.policies.rate_limit import build_policies, close_store, configure_store
+from maitred.policies.redirect import build_redirect
 from maitred.policies.retry_budget import RetryBudget
 from maitred.policies.sticky import build_affinity
 from maitred.proxy.http1 import ClientConnection, DataPlane
 from maitred.proxy.routing import (
+    AccessLogSink,
     ListenerRuntime,
     ListenerSlot,
     OutcomeSink,
@@ -29,7 +33,11 @@ from maitred.proxy.routing import (
     RouteRuntime,
     ignore_outcome,
 )
+from maitred.proxy.tcp import TcpClient, TcpListenerRuntime, TcpSlot
 from maitred.proxy.upstream import ServerConnections
+from maitred.tls.client import server_hostname
+from maitred.tls.connection import TlsClientConnection
+from maitred.tls.runtime import TlsRuntime
 
 log = logging.getLogger("maitred.worker")
 
@@ -37,8 +45,9 @@ log = logging.getLogger("maitred.worker")
 @dataclass(eq=False, slots=True)
 class BoundListener:
     bind: str
-    slot: ListenerSlot
+    slot: ListenerSlot | TcpSlot
     server: asyncio.Server
+    protocol: str = "http"
 
 
 def server_id(pool_name: str, host: str, port: int) -> str:
@@ -60,43 +69,73 @@ class Worker:
         self.listeners: dict[str, BoundListener] = {}
         self.pools: dict[str, PoolRuntime] = {}
         self._live: dict[str, LiveServer] = {}
-        self._connections: dict[tuple[str, int], ServerConnections] = {}
+        # Keyed by address and TLS settings: a pool's TLS change gets new connections.
+        self._connections: dict[tuple[str, int, PoolTls | None], ServerConnections] = {}
+        #: Listener certificates and TLS to servers; the control side sets its base_dir.
+        self.tls = TlsRuntime()
         self.policy: ServerPolicy | None = None
         #: Signs sticky-session cookies; the control side sets it from config or state.
         self.sticky_secret = b""
+        self.access_logs = AccessLogs(loop)
+        self._ticker: asyncio.TimerHandle | None = None
 
     # -- configuration -----------------------------------------------------------
 
     async def apply(self, config: Config) -> None:
         """Make ``config`` the one new requests see; bind and unbind listeners to match."""
+        if self._ticker is None:
+            self._ticker = self.loop.call_later(1.0, self._tick)
         now = self.loop.time()
+        configure_store(config.rate_limit_store)
+        self.tls.begin_generation()
         pools = {name: self._pool_runtime(name, pool, now) for name, pool in config.pools.items()}
         self.pools = pools
         self._drop_unused_connections(pools)
 
-        wanted: dict[str, tuple[Listener, ListenerRuntime]] = {}
+        wanted: dict[str, tuple[Listener, ListenerRuntime | TcpListenerRuntime]] = {}
         for listener in config.listeners:
-            if listener.protocol != "http":
-                raise NotImplementedError(
-                    f"listeners.{listener.name}: protocol tcp is not built yet"
+            runtime: ListenerRuntime | TcpListenerRuntime
+            if listener.protocol == "tcp":
+                assert listener.pool is not None  # the config requires it
+                runtime = TcpListenerRuntime(
+                    listener.name, pools[listener.pool], listener.timeouts.idle
                 )
-            wanted[listener.name] = (listener, _listener_runtime(listener, pools))
+            else:
+                access_log = self.access_logs.sink_for(listener.access_log, listener.name)
+                runtime = _listener_runtime(listener, pools, access_log)
+            wanted[listener.name] = (listener, runtime)
 
         for name in list(self.listeners):
             bound = self.listeners[name]
-            if name not in wanted or str(wanted[name][0].bind) != bound.bind:
+            if (
+                name not in wanted
+                or str(wanted[name][0].bind) != bound.bind
+                or wanted[name][0].protocol != bound.protocol
+                or (wanted[name][0].tls is not None) != self.tls.serves_tls(name)
+            ):
                 bound.server.close()
                 del self.listeners[name]
+                self.tls.forget_listener(name)
                 log.info("listener %s on %s closed", name, bound.bind)
         for name, (listener, runtime) in wanted.items():
             bound_listener = self.listeners.get(name)
             if bound_listener is not None:
+                if listener.tls is not None:
+                    self.tls.refresh_listener(name, listener.tls)  # SIGHUP re-reads certificates
                 bound_listener.slot.runtime = runtime
                 continue
-            slot = ListenerSlot(runtime)
-            server = await self._bind(listener, slot)
-            self.listeners[name] = BoundListener(str(listener.bind), slot, server)
+            slot: ListenerSlot | TcpSlot
+            if isinstance(runtime, TcpListenerRuntime):
+                slot = TcpSlot(runtime)
+                server = await self._bind_tcp(listener, slot)
+            else:
+                slot = ListenerSlot(runtime)
+                server = await self._bind(listener, slot)
+            self.listeners[name] = BoundListener(
+                str(listener.bind), slot, server, listener.protocol
+            )
             log.info("listener %s serving on %s", name, ", ".join(self.bound_addresses(name)))
+        await self.access_logs.retain(listener.access_log for listener in config.listeners)
 
     def _pool_runtime(self, name: str, pool: Pool, now: float) -> PoolRuntime:
         servers: list[LiveServer] = []
@@ -133,8 +172,9 @@ class Worker:
             )
         connections = {}
         for live in servers:
-            address = (live.host, live.port)
+            address = (live.host, live.port, pool.tls)
             conns = self._connections.get(address)
+            tls_context = self.tls.client_context(pool.tls)
             if conns is None:
                 conns = ServerConnections(
                     self.loop,
@@ -142,9 +182,12 @@ class Worker:
                     live.port,
                     pool.connection_pool.max_idle,
                     pool.connection_pool.idle_timeout,
+                    tls_context,
+                    server_hostname(pool.tls, live.host) if pool.tls else None,
                 )
                 self._connections[address] = conns
             else:
+                conns.tls_context = tls_context
                 conns.max_idle = pool.connection_pool.max_idle
                 conns.idle_timeout = pool.connection_pool.idle_timeout
             connections[live] = conns
@@ -161,14 +204,19 @@ class Worker:
             limited=any(s.max_connections for s in pool.servers),
             queue_size=pool.queue.size,
             queue_timeout=pool.queue.timeout,
+            observes_latency=balancer.strategy.uses_latency,
             record_outcome=self.policy.outcome_sink(name) if self.policy else ignore_outcome,
             affinity=build_affinity(name, pool, secret=self.sticky_secret, https=False),
+            send_proxy_protocol=pool.send_proxy_protocol,
         )
         budget = (pool.retries.budget_percent, pool.retries.min_per_second)
         if previous is not None:
             # Requests queued and retry figures carry over to the new generation.
             runtime.waiting = previous.waiting
             runtime.retries = previous.retries
+            runtime.requests = previous.requests
+            runtime.latency_counts = previous.latency_counts
+            runtime.latency_sum = previous.latency_sum
             if previous.retry_budget_settings == budget:
                 runtime.retry_budget = previous.retry_budget
         if runtime.retry_budget_settings != budget:
@@ -177,9 +225,9 @@ class Worker:
         return runtime
 
     def _drop_unused_connections(self, pools: dict[str, PoolRuntime]) -> None:
-        in_use = {(s.host, s.port) for p in pools.values() for s in p.connections}
-        for address in list(self._connections):
-            if address not in in_use:
+        in_use = {id(conns) for p in pools.values() for conns in p.connections.values()}
+        for address, conns in list(self._connections.items()):
+            if id(conns) not in in_use:
                 self._connections.pop(address).close_idle()
         live_ids = {s.id for p in pools.values() for s in p.connections}
         for key in list(self._live):
@@ -190,14 +238,44 @@ class Worker:
         plane = self.plane
         host = listener.bind.host
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        connection = TlsClientConnection if listener.tls else ClientConnection
         return await self.loop.create_server(
-            lambda: ClientConnection(plane, slot),
+            lambda: connection(plane, slot),
             host,
             listener.bind.port,
             family=family,
             backlog=4096,
             reuse_address=True,
+            ssl=self.tls.server_context(listener.name, listener.tls),
+            ssl_handshake_timeout=listener.timeouts.client_header if listener.tls else None,
         )
+
+    async def _bind_tcp(self, listener: Listener, slot: TcpSlot) -> asyncio.Server:
+        loop = self.loop
+        plane = self.plane
+        host = listener.bind.host
+        return await loop.create_server(
+            lambda: TcpClient(slot, loop, plane),
+            host,
+            listener.bind.port,
+            family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+            backlog=4096,
+            reuse_address=True,
+        )
+
+    def reload_tls_files(self) -> None:
+        """TLS files changed on disk: new handshakes use the new certificates; open
+        connections keep theirs. Files that fail to load keep their previous version."""
+        self.tls.reload_files()
+        for (_, _, settings), conns in self._connections.items():
+            if settings is not None:
+                conns.tls_context = self.tls.client_context(settings)
+
+    def _tick(self) -> None:
+        """Once a second: what the pools measure over time (retry budgets)."""
+        for pool in self.pools.values():
+            pool.retry_budget.tick(pool.requests)
+        self._ticker = self.loop.call_later(1.0, self._tick)
 
     # -- inspection --------------------------------------------------------------
 
@@ -217,6 +295,9 @@ class Worker:
     def stop_listening(self) -> None:
         for bound in self.listeners.values():
             bound.server.close()
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
 
     async def drain(self, timeout: float) -> bool:
         """Let in-flight requests finish; True when every connection closed in time."""
@@ -232,16 +313,23 @@ class Worker:
                     conn.transport.abort()
         for conns in self._connections.values():
             conns.close_idle()
+        await self.access_logs.close()
+        await close_store()
         return drained
 
 
-def _listener_runtime(listener: Listener, pools: dict[str, PoolRuntime]) -> ListenerRuntime:
+def _listener_runtime(
+    listener: Listener, pools: dict[str, PoolRuntime], access_log: AccessLogSink | None
+) -> ListenerRuntime:
+    redirect = build_redirect(listener)
+    # A redirecting listener answers before any other policy looks at the request.
+    first = (redirect,) if redirect is not None else ()
     routes = tuple(
         RouteRuntime(
             host=route.match.host.encode() if route.match.host else None,
             path_prefix=route.match.path_prefix.encode() if route.match.path_prefix else None,
             pool=pools[route.pool],
-            policies=build_policies(listener, route),
+            policies=first + build_policies(listener, route),
         )
         for route in listener.routes
     )
@@ -252,7 +340,7 @@ def _listener_runtime(listener: Listener, pools: dict[str, PoolRuntime]) -> List
             None,
             None,
             pools[listener.pool] if listener.pool else None,
-            policies=build_policies(listener, None),
+            policies=first + build_policies(listener, None),
         ),
         scheme=b"https" if listener.tls else b"http",
         header_timeout=listener.timeouts.client_header,
@@ -260,4 +348,10 @@ def _listener_runtime(listener: Listener, pools: dict[str, PoolRuntime]) -> List
         max_header_size=listener.limits.max_header_size,
         max_uri_length=listener.limits.max_uri_length,
         max_body_size=listener.limits.max_body_size,
+        body_timeout=listener.timeouts.client_body,
+        max_headers=listener.limits.max_headers,
+        max_connections=listener.limits.max_connections,
+        max_connections_per_client=listener.limits.max_connections_per_client,
+        proxy_protocol=listener.proxy_protocol,
+        access_log=access_log,
     )

@@ -38,6 +38,7 @@ import ipaddress
 import json
 import signal
 import socket
+import ssl
 import struct
 import sys
 from collections import deque
@@ -755,14 +756,35 @@ _ROUTES: dict[str, _Handler] = {
 
 
 async def start_backend(
-    host: str, port: int, name: str, *, state: BackendState | None = None
+    host: str,
+    port: int,
+    name: str,
+    *,
+    state: BackendState | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> asyncio.Server:
-    """Listen on host:port in the running loop; pass ``state`` to inspect or close it later."""
+    """Listen on host:port in the running loop; pass ``state`` to inspect or close it later,
+    ``tls`` to serve HTTPS."""
     backend_state = state if state is not None else BackendState(name)
     loop = asyncio.get_running_loop()
     return await loop.create_server(
-        lambda: BackendProtocol(backend_state), host, port, reuse_address=True, backlog=1024
+        lambda: BackendProtocol(backend_state),
+        host,
+        port,
+        reuse_address=True,
+        backlog=1024,
+        ssl=tls,
     )
+
+
+def tls_server_context(cert: str, key: str, client_ca: str | None = None) -> ssl.SSLContext:
+    """HTTPS for a backend; with ``client_ca`` it demands a client certificate signed by it."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    if client_ca is not None:
+        context.load_verify_locations(cafile=client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def server_address(server: asyncio.Server) -> str:
@@ -796,13 +818,15 @@ class _StdinWatcher(asyncio.Protocol):
         self._stop.set()
 
 
-async def _serve(host: str, port: int, name: str, exit_on_stdin_close: bool) -> int:
+async def _serve(
+    host: str, port: int, name: str, exit_on_stdin_close: bool, tls: ssl.SSLContext | None = None
+) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     state = BackendState(name)
-    server = await start_backend(host, port, name, state=state)
+    server = await start_backend(host, port, name, state=state, tls=tls)
     if exit_on_stdin_close:
         await loop.connect_read_pipe(lambda: _StdinWatcher(stop), sys.stdin)
     with contextlib.suppress(BrokenPipeError):
@@ -827,14 +851,25 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="exit when stdin reaches end of file (so the backend dies with its parent)",
     )
+    parser.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate")
+    parser.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    parser.add_argument(
+        "--tls-client-ca", metavar="PEM", help="require client certificates signed by this CA"
+    )
     args = parser.parse_args(argv)
     if any(ch in args.name for ch in "\r\n\0"):
         parser.error("--name must not contain line breaks")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    tls = None
+    if args.tls_cert is not None:
+        tls = tls_server_context(args.tls_cert, args.tls_key, args.tls_client_ca)
+    serve = _serve(args.host, args.port, args.name, args.exit_on_stdin_close, tls)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a declared dependency
-        return asyncio.run(_serve(args.host, args.port, args.name, args.exit_on_stdin_close))
-    result: int = uvloop.run(_serve(args.host, args.port, args.name, args.exit_on_stdin_close))
+        return asyncio.run(serve)
+    result: int = uvloop.run(serve)
     return result
 
 

@@ -6,9 +6,12 @@ the balancer listens on 127.0.0.1:8080 with the admin API on 127.0.0.1:9090.
 
 from __future__ import annotations
 
+import http.client
 import logging
+import random
 import subprocess
 import sys
+import threading
 
 from maitred.config import parse_config_text
 
@@ -68,11 +71,28 @@ def run_demo() -> int:
             return 1
         log.info("demo backend demo-%d %s", index, line)
         backends.append(proc)
-    log.info("try: curl -i http://127.0.0.1:8080/   (admin: http://127.0.0.1:9090/healthz)")
+    log.info("try: curl -i http://127.0.0.1:8080/   dashboard: http://127.0.0.1:9090/")
+    stop = threading.Event()
+    threading.Thread(target=_demo_traffic, args=(stop,), daemon=True).start()
     try:
         return serve(parse_config_text(demo_config_text()))
     finally:
+        stop.set()
         for proc in backends:
             proc.terminate()
         for proc in backends:
             proc.wait(timeout=10)
+
+
+def _demo_traffic(stop: threading.Event) -> None:
+    """A trickle of requests (some slow, a few failing) so the dashboard moves."""
+    paths = ["/"] * 6 + ["/delay?ms=40", "/delay?ms=120", "/echo", "/status?code=503"]
+    conn: http.client.HTTPConnection | None = None
+    while not stop.wait(random.uniform(0.02, 0.15)):
+        try:
+            if conn is None:
+                conn = http.client.HTTPConnection("127.0.0.1", 8080, timeout=5)
+            conn.request("GET", random.choice(paths))
+            conn.getresponse().read()
+        except (OSError, http.client.HTTPException):
+            conn = None  # the balancer is starting or stopping

@@ -19,7 +19,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from maitred.health.probe import probe
 from maitred.health.schedule import first_check_delay, next_check_delay
@@ -51,10 +51,16 @@ def targets_from_pools(
     targets = []
     for pool_name, pool in pools.items():
         health_check = getattr(pool, "health_check", None)
-        if health_check is None:
-            continue
-        spec = CheckSpec.from_config(health_check)
+        pool_spec = CheckSpec.from_config(health_check) if health_check is not None else None
         for server in getattr(pool, "servers", ()):
+            # A server's own health_check_path (admin API) overrides the pool's path, and
+            # checks it with the default settings when the pool has no health_check.
+            path = getattr(server, "health_check_path", None)
+            if pool_spec is None and path is None:
+                continue
+            spec = pool_spec or CheckSpec()
+            if path is not None:
+                spec = replace(spec, path=path)
             host, port = server.address.host, server.address.port
             targets.append(CheckTarget(server_id(pool_name, host, port), host, port, spec))
     return targets

@@ -1,7 +1,9 @@
 """A lazily re-armed timer: one timer handle per connection, not one per request.
 
 Moving a deadline later is a float assignment; the handle only notices when it
-fires and re-arms itself. Moving it earlier re-schedules at once.
+fires and re-arms itself. Moving it earlier re-schedules at once. For an
+inactivity timeout, the owner sets ``touched`` on activity (an attribute write,
+no call): when the deadline passes with ``touched`` set, it moves one period on.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from collections.abc import Callable
 
 
 class Deadline:
-    __slots__ = ("_loop", "_on_expiry", "_handle", "_handle_at", "at")
+    __slots__ = ("_loop", "_on_expiry", "_handle", "_handle_at", "at", "period", "touched")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, on_expiry: Callable[[], None]) -> None:
         self._loop = loop
@@ -19,10 +21,16 @@ class Deadline:
         self._handle: asyncio.TimerHandle | None = None
         self._handle_at = 0.0
         self.at: float | None = None
+        self.period = 0.0
+        self.touched = False
 
     def arm(self, delay: float) -> None:
-        at = self._loop.time() + delay
+        self.arm_at(self._loop.time() + delay, delay)
+
+    def arm_at(self, at: float, period: float) -> None:
         self.at = at
+        self.period = period
+        self.touched = False
         handle = self._handle
         if handle is None or at < self._handle_at:
             if handle is not None:
@@ -44,7 +52,11 @@ class Deadline:
         at = self.at
         if at is None:
             return
-        if self._loop.time() < at:
+        now = self._loop.time()
+        if self.touched and now >= at:
+            self.touched = False
+            at = self.at = now + self.period
+        if now < at:
             self._handle_at = at
             self._handle = self._loop.call_at(at, self._fire)
             return

@@ -8,8 +8,10 @@ balancer is never ambiguous.
 
 from __future__ import annotations
 
-# What the proxy does with a header, keyed by its lowercased name. Anything not
-# listed is ordinary: copied through unchanged, in order.
+# What the proxy does with a header, keyed by its lowercased name (and, so that
+# common headers need no lowercasing, their usual spelling). Anything not listed
+# is ordinary: copied through unchanged, in order.
+ORDINARY = 0
 HOST = 1
 CONNECTION = 2
 HOP_BY_HOP = 3
@@ -52,10 +54,56 @@ RESPONSE_HEADER_KINDS: dict[bytes, int] = {
     b"x-request-id": REQUEST_ID,
 }
 
+# Headers seen on most messages, in their usual spelling, known to be ordinary.
+COMMON_ORDINARY_HEADERS = (
+    b"Accept",
+    b"Accept-Encoding",
+    b"Accept-Language",
+    b"Accept-Ranges",
+    b"Age",
+    b"Authorization",
+    b"Cache-Control",
+    b"Content-Encoding",
+    b"Content-Type",
+    b"Cookie",
+    b"Date",
+    b"ETag",
+    b"Expires",
+    b"Last-Modified",
+    b"Location",
+    b"Origin",
+    b"Referer",
+    b"Server",
+    b"Set-Cookie",
+    b"User-Agent",
+    b"Vary",
+)
+
+
+def _with_usual_spellings(kinds: dict[bytes, int]) -> dict[bytes, int]:
+    table = dict(kinds)
+    for name, kind in kinds.items():
+        table[b"-".join(part.capitalize() for part in name.split(b"-"))] = kind
+    for name in COMMON_ORDINARY_HEADERS:
+        table[name] = ORDINARY
+        table[name.lower()] = ORDINARY
+    table[b"TE"] = table[b"te"]
+    table[b"X-Request-ID"] = table[b"x-request-id"]
+    return table
+
+
+REQUEST_HEADER_KINDS = _with_usual_spellings(REQUEST_HEADER_KINDS)
+RESPONSE_HEADER_KINDS = _with_usual_spellings(RESPONSE_HEADER_KINDS)
+
 # Connection options that name no header (RFC 9110 section 7.6.1).
 CONNECTION_OPTIONS_WITHOUT_HEADER = frozenset({b"close", b"keep-alive", b"upgrade"})
+# Connection header values that need no parsing.
+PLAIN_CONNECTION_VALUES = frozenset(
+    {b"close", b"keep-alive", b"Keep-Alive", b"Close", b"upgrade", b"Upgrade"}
+)
 
 REASONS: dict[int, bytes] = {
+    308: b"Permanent Redirect",
     400: b"Bad Request",
     404: b"Not Found",
     408: b"Request Timeout",

@@ -14,16 +14,20 @@ import logging
 import os
 from bisect import bisect_left
 from collections import deque
-from typing import TYPE_CHECKING
+from time import monotonic
+from typing import TYPE_CHECKING, Protocol
 
 import httptools
 
+from maitred.proxy import proxy_protocol
 from maitred.proxy.deadline import Deadline
 from maitred.proxy.framing import (
     CONNECTION,
     CONTENT_LENGTH,
     FORWARDED_FOR,
     HOST,
+    ORDINARY,
+    PLAIN_CONNECTION_VALUES,
     REQUEST_HEADER_KINDS,
     REQUEST_ID,
     TRANSFER_ENCODING,
@@ -33,11 +37,11 @@ from maitred.proxy.framing import (
     error_response,
 )
 from maitred.proxy.routing import LATENCY_BUCKETS
-from maitred.proxy.upstream import CHUNK_END, CRLF, UpstreamConnection
+from maitred.proxy.upstream import CHUNK_END, CRLF, ServerConnections, UpstreamConnection
 
 if TYPE_CHECKING:
     from maitred.balancing.base import LiveServer
-    from maitred.proxy.routing import ListenerSlot, PoolRuntime, RouteRuntime
+    from maitred.proxy.routing import ListenerSlot, PoolRuntime, RequestPolicy, RouteRuntime
 
 log = logging.getLogger("maitred.http")
 
@@ -59,22 +63,27 @@ class Rejected(Exception):
     """Raised inside a parser callback to stop parsing after an error answer."""
 
 
+class ClientSide(Protocol):
+    """A client connection as the data plane tracks it (HTTP or TCP)."""
+
+    transport: asyncio.Transport | None
+
+    def close_when_idle(self) -> None: ...
+
+
 class DataPlane:
     """Per-process state every client connection shares."""
 
-    __slots__ = ("loop", "connections", "stopping", "_id_prefix", "_id_counter", "drained")
+    __slots__ = ("loop", "connections", "stopping", "id_prefix", "id_counter", "drained")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.connections: set[ClientConnection] = set()
+        self.connections: set[ClientSide] = set()
         self.stopping = False
-        self._id_prefix = os.urandom(6).hex().encode()
-        self._id_counter = 0
+        # Request ids: unique per process without a random draw per request.
+        self.id_prefix = os.urandom(6).hex().encode()
+        self.id_counter = 0
         self.drained: asyncio.Event = asyncio.Event()
-
-    def new_request_id(self) -> bytes:
-        self._id_counter += 1
-        return b"%s-%x" % (self._id_prefix, self._id_counter)
 
     def stop_accepting_requests(self) -> None:
         """Graceful stop: idle connections close now, busy ones after their answer."""
@@ -84,7 +93,7 @@ class DataPlane:
         if not self.connections:
             self.drained.set()
 
-    def forget(self, conn: ClientConnection) -> None:
+    def forget(self, conn: ClientSide) -> None:
         self.connections.discard(conn)
         if self.stopping and not self.connections:
             self.drained.set()
@@ -119,6 +128,9 @@ class Exchange:
         "queue_timer",
         "route",
         "response_headers",
+        "parts",
+        "received_at",
+        "answered_by",
     )
 
     def __init__(self, client: ClientConnection) -> None:
@@ -150,30 +162,19 @@ class Exchange:
         self.route: RouteRuntime | None = None
         #: Header lines (each ending in CRLF) policies add to the answer (Set-Cookie...).
         self.response_headers = b""
+        #: The request's forwarded headers, flat: [name, b": ", value, CRLF, ...].
+        self.parts: list[bytes] = []
+        #: When the request's head was complete (loop clock).
+        self.received_at = 0.0
+        #: The server that took the last attempt (kept after it is released).
+        self.answered_by: LiveServer | None = None
+
+    def header_pairs(self) -> list[tuple[bytes, bytes]]:
+        """The request's headers as received, (name, value), hop-by-hop ones excepted."""
+        parts = self.parts
+        return [(parts[i], parts[i + 2]) for i in range(0, len(parts), 4)]
 
     # -- called by the upstream side ---------------------------------------------
-
-    def client_wants_close(self) -> bool:
-        if not self.request_done:
-            # The server answered before the request body ended: the rest of the
-            # body cannot be told apart from a next request, so close after.
-            self.close_after = True
-        return self.close_after or self.client.closing
-
-    def force_close(self) -> None:
-        self.close_after = True
-
-    def request_fully_sent(self) -> bool:
-        return self.request_done and self.pending is None
-
-    def response_started(self, status: int) -> None:
-        self.response_begun = True
-        self.replay = None
-        server = self.server
-        if server is not None:
-            server.answers[status // 100] += 1
-        if status >= 500:
-            self.server_failed = True
 
     def on_connect_done(self, task: asyncio.Task[UpstreamConnection]) -> None:
         pool = self.pool
@@ -192,11 +193,16 @@ class Exchange:
                 self._failed(502, f"connect to server {server.id} failed", nothing_sent=True)
             return
         conn = task.result()
+        if conn.transport is None:
+            # Closed right after connecting (e.g. a TLS server refused our certificate).
+            self._failed(502, f"server {server.id} closed the connection", nothing_sent=True)
+            return
+        now = self.client.loop.time()
         if self.finished:
             # The client left while we were connecting: keep the connection.
-            pool.connections[server].give_back(conn)
+            pool.connections[server].give_back(conn, now)
             return
-        self._attach(conn)
+        self._attach(conn, now)
 
     def upstream_lost(self, conn: UpstreamConnection, exc: Exception | None) -> None:
         if self.finished:
@@ -232,23 +238,42 @@ class Exchange:
         self.upstream = None
         pool = self.pool
         server = self.server
+        now = self.client.loop.time()
         if reusable and pool is not None and server is not None:
-            pool.connections[server].give_back(conn)
+            if pool.send_proxy_protocol is not None:
+                self.client.keep_private(conn)
+            else:
+                pool.connections[server].give_back(conn, now)
         else:
             conn.close()
-        self._release(failed=self.server_failed)
+        self._release(self.server_failed, now)
         self.finished = True
-        self.client.exchange_done(self)
+        access_log = self.client.slot.runtime.access_log
+        if access_log is not None:
+            length = conn.response_length
+            access_log(self, conn.status, int(length) if length is not None else None, now)
+        self.client.exchange_done(self, now)
 
     # -- driven by the client side -----------------------------------------------
 
     def start(self, now: float) -> None:
         """Run the route's policies, then send the request to a server of its pool."""
+        self._run_policies(0, now)
+
+    def resume_after(self, policy: RequestPolicy, now: float) -> None:
+        """Go on with a request ``policy`` held: the later policies, then the pool."""
         route = self.route
         assert route is not None
-        for policy in route.policies:
-            if not policy.admit(self, now):
-                return
+        position = next(i for i, each in enumerate(route.policies) if each is policy)
+        self._run_policies(position + 1, now)
+
+    def _run_policies(self, first: int, now: float) -> None:
+        route = self.route
+        assert route is not None
+        policies = route.policies
+        for index in range(first, len(policies)):
+            if not policies[index].admit(self, now):
+                return  # answered, or held until the policy calls resume_after
         if route.pool is None:
             self.client.answer_error(self, 404, "no route matches this request")
             return
@@ -265,18 +290,21 @@ class Exchange:
             if self.finished:
                 return
         if server is None:
-            server = self._pick(pool, now)
+            if pool.limited or pool.needs_headers or self.tried:
+                server = self._pick(pool, now)
+            else:
+                server = pool.balancer.pick(self.client.client_ip, (), now)
         if server is None:
             if pool.queue_size and pool.balancer.eligible:
                 self._wait_in_queue(pool, now)
             else:
                 self.client.answer_error(self, 503, f"no server available in pool {pool.name}")
             return
-        pool.retry_budget.record_request(now)
+        pool.requests += 1
         self._start_on(server, now)
 
     def _pick(self, pool: PoolRuntime, now: float) -> LiveServer | None:
-        headers = self.client.header_pairs() if pool.needs_headers else ()
+        headers = self.header_pairs() if pool.needs_headers else ()
         exclude: list[LiveServer] | None = self.tried
         if pool.limited:
             exclude = [
@@ -294,15 +322,29 @@ class Exchange:
         if pool.affinity is not None:
             pool.affinity.chosen(self, server, now)
         self.server = server
+        self.answered_by = server
         server.active += 1
         server.requests += 1
-        self.started_at = now
-        conn = pool.connections[server].take_idle()
-        if conn is not None:
-            conn.reused = True
-            self._attach(conn)
-        else:
-            pool.connections[server].connect(self, pool.connect_timeout)
+        # The loop's clock moves in whole milliseconds: durations need a finer one.
+        self.started_at = monotonic()
+        servers = pool.connections[server]
+        if pool.send_proxy_protocol is not None:
+            # Connections announce one client: only this client's own may be reused.
+            private = self.client.take_private(servers)
+            if private is not None:
+                private.reused = True
+                self._attach(private, now)
+            else:
+                servers.connect(self, pool.connect_timeout)
+            return
+        idle = servers.idle
+        while idle:
+            conn = idle.pop()
+            if conn.transport is not None:
+                conn.reused = True
+                self._attach(conn, now)
+                return
+        servers.connect(self, pool.connect_timeout)
 
     def _wait_in_queue(self, pool: PoolRuntime, now: float) -> None:
         if len(pool.waiting) >= pool.queue_size:
@@ -343,22 +385,34 @@ class Exchange:
             else:
                 replay.append(data)
 
-    def _attach(self, conn: UpstreamConnection) -> None:
+    def _attach(self, conn: UpstreamConnection, now: float) -> None:
         pool = self.pool
-        assert pool is not None and conn.transport is not None
+        transport = conn.transport
+        assert pool is not None and transport is not None
         self.upstream = conn
-        conn.begin(self, pool.response_timeout)
-        pending = self.pending or []
+        conn.begin(self, pool.response_timeout, now)
+        pending = self.pending
         self.pending = None
-        self.pending_size = 0
-        if self.method in IDEMPOTENT_METHODS and not self.response_begun:
-            # Kept until the first answer byte, for a replay or a retry.
-            self.replay = list(pending)
-            self.replay_size = sum(map(len, pending))
-        conn.transport.writelines([self.head, *pending])
-        if self.client.write_paused:
-            conn.transport.pause_reading()
-        self.client.resume_reading(PAUSE_BUFFERING)
+        idempotent = self.method in IDEMPOTENT_METHODS
+        if pool.send_proxy_protocol is not None and not conn.reused:
+            # A fresh connection tied to this client: announce who the client is first.
+            transport.write(self.client.proxy_header(pool.send_proxy_protocol))
+        if pending:
+            self.pending_size = 0
+            if idempotent:
+                # Kept until the first answer byte, for a replay or a retry.
+                self.replay = list(pending)
+                self.replay_size = sum(map(len, pending))
+            transport.writelines([self.head, *pending])
+        else:
+            if idempotent:
+                self.replay = []
+            transport.write(self.head)
+        client = self.client
+        if client.write_paused:
+            conn.pause_reading()
+        if client.paused & PAUSE_BUFFERING:
+            client.resume_reading(PAUSE_BUFFERING)
 
     def _replay_on_fresh_connection(self) -> None:
         pool = self.pool
@@ -377,7 +431,7 @@ class Exchange:
         if upstream is not None:
             upstream.abort()
         failed = self.server
-        self._release(failed=True)
+        self._release(True, self.client.loop.time())
         if retry and failed is not None and self._retry_after(failed, nothing_sent):
             return
         self.client.answer_error(self, status, why)
@@ -402,10 +456,11 @@ class Exchange:
             return False
         now = self.client.loop.time()
         server = self._pick(pool, now)
-        if server is None or not pool.retry_budget.try_spend(now):
+        if server is None or not pool.retry_budget.try_spend(pool.requests):
             return False
         log.info("retrying %s on %s after %s failed", self.method.decode(), server.id, failed.id)
         pool.retries += 1
+        pool.requests += 1
         self.pending = body
         self.pending_size = sum(map(len, body))
         self.replay = None
@@ -413,7 +468,7 @@ class Exchange:
         self._start_on(server, now)
         return True
 
-    def _release(self, *, failed: bool | None) -> None:
+    def _release(self, failed: bool | None, now: float) -> None:
         """Give back the server this attempt used: load, latency and (unless None) outcome."""
         server = self.server
         if server is None:
@@ -422,9 +477,10 @@ class Exchange:
         server.active -= 1
         pool = self.pool
         assert pool is not None
-        now = self.client.loop.time()
-        latency = now - self.started_at
-        pool.balancer.observe(server, latency, now)
+        latency = monotonic() - self.started_at
+        server.latency_sum += latency
+        if pool.observes_latency:
+            pool.balancer.observe(server, latency, now)
         pool.latency_counts[bisect_left(LATENCY_BUCKETS, latency)] += 1
         pool.latency_sum += latency
         if failed or (failed is not None and server.consecutive_failures):
@@ -441,7 +497,7 @@ class Exchange:
         self.upstream = None
         if upstream is not None:
             upstream.abort()
-        self._release(failed=None)
+        self._release(None, self.client.loop.time())
         self.finished = True
 
 
@@ -453,6 +509,12 @@ class ClientConnection(asyncio.Protocol):
         "transport",
         "parser",
         "client_ip",
+        "client_ip_bytes",
+        "client_port",
+        "local_address",
+        "proxy_preface",
+        "private_upstreams",
+        "starting",
         "deadline",
         "parsing",
         "active",
@@ -463,6 +525,7 @@ class ClientConnection(asyncio.Protocol):
         "in_head",
         "head_bytes",
         "head_size",
+        "head_deadline",
         "url",
         "parts",
         "host",
@@ -482,6 +545,14 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.client_ip = ""
+        self.client_ip_bytes = b""
+        self.client_port = 0
+        self.local_address: tuple[str, int] = ("", 0)
+        #: Bytes of a PROXY protocol header still being read (None: none expected).
+        self.proxy_preface: bytes | None = None
+        #: Idle server connections that announced this client (send_proxy_protocol).
+        self.private_upstreams: list[UpstreamConnection] | None = None
+        self.starting: Exchange | None = None
         self.deadline = Deadline(plane.loop, self._on_timeout)
         self.parsing: Exchange | None = None
         self.active: Exchange | None = None
@@ -492,6 +563,7 @@ class ClientConnection(asyncio.Protocol):
         self.in_head = True
         self.head_bytes = 0
         self.head_size = 0
+        self.head_deadline = True  # armed in connection_made
         self.url = b""
         self.parts: list[bytes] = []
         self.host: bytes | None = None
@@ -509,10 +581,33 @@ class ClientConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else ""
+        self.client_port = peer[1] if peer else 0
+        self.client_ip_bytes = self.client_ip.encode()
         self.plane.connections.add(self)
-        self.deadline.arm(self.slot.runtime.header_timeout)
+        slot = self.slot
+        runtime = slot.runtime
+        if runtime.proxy_protocol:
+            self.proxy_preface = b""
+        slot.open += 1
+        by_client = slot.open_by_client
+        by_client[self.client_ip] = mine = by_client.get(self.client_ip, 0) + 1
+        if (runtime.max_connections is not None and slot.open > runtime.max_connections) or (
+            runtime.max_connections_per_client is not None
+            and mine > runtime.max_connections_per_client
+        ):
+            log.warning("refusing a connection from %s: connection limit reached", self.client_ip)
+            self.closing = True
+            self.transport.abort()  # type: ignore[union-attr]
+            return
+        self.deadline.arm(runtime.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        slot = self.slot
+        slot.open -= 1
+        by_client = slot.open_by_client
+        left = by_client.pop(self.client_ip, 1) - 1
+        if left:
+            by_client[self.client_ip] = left
         self.transport = None
         self.closing = True
         self.deadline.cancel()
@@ -521,6 +616,8 @@ class ClientConnection(asyncio.Protocol):
                 exchange.abandon()
         self.active = None
         self.queue.clear()
+        for upstream in self.private_upstreams or ():
+            upstream.close()
         self.plane.forget(self)
 
     def close_when_idle(self) -> None:
@@ -535,6 +632,16 @@ class ClientConnection(asyncio.Protocol):
             self.transport.write(
                 error_response(408, "request headers not received in time", close=True)
             )
+        elif self.parsing is not None:
+            exchange = self.parsing
+            exchange.abandon()
+            if not exchange.response_begun:
+                self.transport.write(
+                    error_response(408, "request body not received in time", close=True)
+                )
+            else:
+                self.transport.abort()
+                return
         self.transport.close()
 
     # -- flow control ------------------------------------------------------------
@@ -560,25 +667,28 @@ class ClientConnection(asyncio.Protocol):
         self.write_paused = True
         active = self.active
         if active is not None and active.upstream is not None:
-            transport = active.upstream.transport
-            if transport is not None:
-                transport.pause_reading()
+            active.upstream.pause_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
         active = self.active
         if active is not None and active.upstream is not None:
-            transport = active.upstream.transport
-            if transport is not None:
-                transport.resume_reading()
+            active.upstream.resume_reading()
 
     # -- parsing -----------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
         if self.closing and self.active is None and self.parsing is None:
             return
+        if self.proxy_preface is not None:
+            rest = self._read_proxy_header(data)
+            if not rest:
+                return
+            data = rest
         if self.in_head:
             self.head_bytes += len(data)
+        else:
+            self.deadline.touched = True  # a body is arriving: inactivity timeout
         try:
             self.parser.feed_data(data)
         except Rejected:
@@ -598,13 +708,71 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._reject(*_classify_parse_error(str(exc)))
             return
-        if self.in_head and self.head_bytes > self.slot.runtime.max_header_size:
-            self._reject(431, "request head too large")
+        if self.in_head and self.head_bytes:
+            # A request head has begun and is not complete: it must be within
+            # client_header (the deadline is armed once per request, not per read).
+            if self.head_bytes > self.slot.runtime.max_header_size:
+                self._reject(431, "request head too large")
+            elif not self.head_deadline:
+                self.head_deadline = True
+                self.deadline.arm(self.slot.runtime.header_timeout)
 
-    def on_message_begin(self) -> None:
-        if self.closing:
-            raise Rejected
+    def _read_proxy_header(self, data: bytes) -> bytes:
+        """Consume the PROXY header; what follows it is HTTP (empty: wait for more)."""
+        assert self.proxy_preface is not None
+        buffered = self.proxy_preface + data
+        try:
+            header = proxy_protocol.parse(buffered)
+        except proxy_protocol.ProxyProtocolError as exc:
+            log.warning("closing a connection from %s: %s", self.client_ip, exc)
+            self.closing = True
+            if self.transport is not None:
+                self.transport.abort()
+            return b""
+        if header is None:
+            self.proxy_preface = buffered
+            return b""
+        self.proxy_preface = None
+        if header.source is not None:
+            self.client_ip, self.client_port = header.source
+            self.client_ip_bytes = self.client_ip.encode()
+        if header.destination is not None:
+            self.local_address = header.destination
+        return buffered[header.length :]
+
+    def proxy_header(self, version: str) -> bytes:
+        """The PROXY protocol header announcing this client to a server."""
+        if not self.local_address[0] and self.transport is not None:
+            local = self.transport.get_extra_info("sockname")
+            self.local_address = (local[0], local[1]) if local else ("0.0.0.0", 0)
+        build = proxy_protocol.header_v2 if version == "v2" else proxy_protocol.header_v1
+        return build((self.client_ip, self.client_port), self.local_address)
+
+    def take_private(self, servers: ServerConnections) -> UpstreamConnection | None:
+        """One of this client's own idle connections to ``servers``, if alive."""
+        mine = self.private_upstreams
+        if not mine:
+            return None
+        for conn in [c for c in mine if c.servers is servers]:
+            mine.remove(conn)
+            if conn.transport is not None:
+                return conn
+        return None
+
+    def keep_private(self, conn: UpstreamConnection) -> None:
+        if self.transport is None:
+            conn.close()
+            return
+        conn.exchange = None
+        conn.resume_reading()
+        if self.private_upstreams is None:
+            self.private_upstreams = []
+        self.private_upstreams.append(conn)
+
+    def _new_head(self) -> None:
+        """Forget the last request head; the next one starts from here."""
         self.in_head = True
+        self.head_deadline = False
         self.url = b""
         self.head_size = 0
         self.parts = []
@@ -616,9 +784,10 @@ class ClientConnection(asyncio.Protocol):
         self.named_hop = None
         self.host_count = 0
         self.upgrade = False
-        self.deadline.arm(self.slot.runtime.header_timeout)
 
     def on_url(self, url: bytes) -> None:
+        if self.closing:
+            raise Rejected  # stop at a pipelined request after a rejection
         self.url += url
         self.head_size += len(url)
         if len(self.url) > self.slot.runtime.max_uri_length:
@@ -630,8 +799,10 @@ class ClientConnection(asyncio.Protocol):
         if self.head_size > self.slot.runtime.max_header_size:
             self._reject(431, "request head too large")
             raise Rejected
-        kind = REQUEST_HEADER_KINDS.get(name.lower())
+        kind = REQUEST_HEADER_KINDS.get(name)
         if kind is None:
+            kind = REQUEST_HEADER_KINDS.get(name.lower(), ORDINARY)
+        if kind == ORDINARY:
             self.parts += (name, b": ", value, CRLF)
             return
         if kind == HOST:
@@ -650,21 +821,23 @@ class ClientConnection(asyncio.Protocol):
             self.request_id = value
             self.parts += (name, b": ", value, CRLF)
         elif kind == CONNECTION:
-            named = connection_named_headers(value)
-            if named:
-                self.named_hop = (self.named_hop or []) + named
+            if value not in PLAIN_CONNECTION_VALUES:
+                named = connection_named_headers(value)
+                if named:
+                    self.named_hop = (self.named_hop or []) + named
         elif kind == UPGRADE:
             self.upgrade = True
         # HOP_BY_HOP and FORWARDED_REPLACED are dropped; we set the latter ourselves.
 
     def header_pairs(self) -> list[tuple[bytes, bytes]]:
-        parts = self.parts
-        return [(parts[i], parts[i + 2]) for i in range(0, len(parts), 4)]
+        """The headers of the request being started (see ``Exchange.header_pairs``)."""
+        exchange = self.starting
+        return exchange.header_pairs() if exchange is not None else []
 
     def on_headers_complete(self) -> None:
         self.in_head = False
         self.head_bytes = 0
-        self.deadline.disarm()
+        self.deadline.at = None
         runtime = self.slot.runtime
         parser = self.parser
         version = parser.get_http_version()
@@ -689,6 +862,13 @@ class ClientConnection(asyncio.Protocol):
         if host is None and http11:
             self._reject(400, "missing Host header")
             raise Rejected
+        if len(self.parts) > 4 * runtime.max_headers:
+            self._reject(431, "too many header fields")
+            raise Rejected
+        url = self.url
+        if url[:1] != b"/":
+            url = self._origin_form(url, host)
+            host = self.host
 
         body_framing: bytes = b""
         if self.transfer_encoding is not None:
@@ -711,19 +891,24 @@ class ClientConnection(asyncio.Protocol):
 
         request_id = self.request_id
         if request_id is None:
-            request_id = self.plane.new_request_id()
+            plane = self.plane
+            plane.id_counter += 1
+            request_id = b"%s-%x" % (plane.id_prefix, plane.id_counter)
             request_id_line = b"X-Request-Id: " + request_id + CRLF
         else:
             request_id_line = b""
         exchange.request_id = request_id
 
-        forwarded_for = self.client_ip.encode()
+        forwarded_for = self.client_ip_bytes
         if self.forwarded_for is not None:
             forwarded_for = self.forwarded_for + b", " + forwarded_for
         parts = self.parts
         if self.named_hop:
             parts = drop_named_headers(parts, self.named_hop)
-        url = self.url
+        if self.host_count == 0:
+            # HTTP/1.0 without Host: HTTP/1.1 to the server needs one (RFC 9112 3.2).
+            parts = [b"Host", b": ", host or b"", CRLF, *parts]
+        exchange.parts = parts
         exchange.head = b"".join(
             (
                 method,
@@ -743,14 +928,59 @@ class ClientConnection(asyncio.Protocol):
                 CRLF,
             )
         )
+        if exchange.request_chunked or (
+            self.content_length is not None and self.content_length != b"0"
+        ):
+            # A body follows: from here the deadline is the body's inactivity timeout.
+            self.deadline.arm(runtime.body_timeout)
         self.parsing = exchange
-        exchange.route = runtime.route(host or b"", url)
+        exchange.route = (
+            runtime.route(host or b"", url) if runtime.routes else runtime.default_route
+        )
+        self._new_head()
+        self.in_head = False
         if self.active is None:
             self.active = exchange
-            exchange.start(self.loop.time())
+            now = self.loop.time()
+            exchange.received_at = now
+            self._start(exchange, now)
         else:
+            exchange.received_at = self.loop.time()
             self.queue.append(exchange)
             self.pause_reading(PAUSE_PIPELINE)
+
+    def _start(self, exchange: Exchange, now: float) -> None:
+        self.starting = exchange
+        exchange.start(now)
+        self.starting = None
+
+    def _origin_form(self, target: bytes, host: bytes | None) -> bytes:
+        """The path to forward for an absolute-form target (RFC 9112 section 3.2.2),
+        after checking that its authority is the Host header's."""
+        if target == b"*" and self.parser.get_method() == b"OPTIONS":
+            return target
+        scheme, sep, rest = target.partition(b"://")
+        if not sep or scheme.lower() not in (b"http", b"https"):
+            if self.parser.get_method() == b"CONNECT":
+                self._reject(501, "CONNECT is not supported")
+            else:
+                self._reject(400, "the request target must be a path or an absolute URI")
+            raise Rejected
+        end = len(rest)
+        for delimiter in (b"/", b"?"):
+            found = rest.find(delimiter)
+            if found != -1:
+                end = min(end, found)
+        authority, path = rest[:end], rest[end:]
+        if b"@" in authority or not authority:
+            self._reject(400, "invalid authority in the request target")
+            raise Rejected
+        if host is not None and host.lower() != authority.lower():
+            self._reject(400, "the request target's authority differs from Host")
+            raise Rejected
+        if host is None:
+            self.host = authority
+        return path if path.startswith(b"/") else b"/" + path
 
     def on_body(self, body: bytes) -> None:
         exchange = self.parsing
@@ -781,9 +1011,10 @@ class ClientConnection(asyncio.Protocol):
         if exchange.request_chunked and not exchange.finished:
             exchange.send_body(CHUNK_END)
         exchange.request_done = True
+        self.deadline.at = None
         if exchange.finished and exchange is self.active:
             # The answer went out before the request ended (an error answer).
-            self.exchange_done(exchange)
+            self.exchange_done(exchange, self.loop.time())
 
     # -- answering ---------------------------------------------------------------
 
@@ -792,7 +1023,7 @@ class ClientConnection(asyncio.Protocol):
         if transport is not None:
             transport.writelines(out)
 
-    def exchange_done(self, exchange: Exchange) -> None:
+    def exchange_done(self, exchange: Exchange, now: float) -> None:
         if exchange is not self.active:
             return
         if not exchange.request_done:
@@ -802,7 +1033,8 @@ class ClientConnection(asyncio.Protocol):
                 self._close()
             return
         self.active = None
-        self.resume_reading(PAUSE_UPSTREAM)
+        if self.paused & PAUSE_UPSTREAM:
+            self.resume_reading(PAUSE_UPSTREAM)
         if exchange.close_after or (self.closing and not self.queue):
             self._close()
             return
@@ -811,10 +1043,11 @@ class ClientConnection(asyncio.Protocol):
             self.active = nxt
             if not self.queue:
                 self.resume_reading(PAUSE_PIPELINE)
-            nxt.start(self.loop.time())
+            self._start(nxt, now)
             return
         if self.parsing is None:
-            self.deadline.arm(self.slot.runtime.idle_timeout)
+            idle = self.slot.runtime.idle_timeout
+            self.deadline.arm_at(now + idle, idle)
 
     def answer_error(
         self,
@@ -826,6 +1059,9 @@ class ClientConnection(asyncio.Protocol):
         """Answer an exchange from the balancer itself (502, 503, 504, 404, 429...)."""
         exchange.finished = True
         exchange.response_begun = True
+        self.slot.own_answers[status // 100] += 1
+        if exchange.pool is not None:
+            exchange.pool.own_answers[status // 100] += 1
         transport = self.transport
         if transport is not None:
             transport.write(
@@ -837,9 +1073,13 @@ class ClientConnection(asyncio.Protocol):
                     extra_headers=extra_headers,
                 )
             )
+        now = self.loop.time()
+        access_log = self.slot.runtime.access_log
+        if access_log is not None:
+            access_log(exchange, status, None, now)
         # Before the request's end the rest of its body is read and discarded;
         # on_message_complete then moves on.
-        self.exchange_done(exchange)
+        self.exchange_done(exchange, now)
 
     def abort_truncated(self, exchange: Exchange) -> None:
         """The answer broke after it began: the client must see it cut, not short."""
@@ -850,6 +1090,7 @@ class ClientConnection(asyncio.Protocol):
     def _reject(self, status: int, why: str) -> None:
         """A malformed request: answer, stop parsing, close."""
         self.closing = True
+        self.slot.own_answers[status // 100] += 1
         transport = self.transport
         if transport is not None:
             log.info("rejecting request from %s: %d %s", self.client_ip, status, why)
@@ -863,8 +1104,8 @@ class ClientConnection(asyncio.Protocol):
 
 def _classify_parse_error(message: str) -> tuple[int, str]:
     lowered = message.lower()
-    if "transfer-encoding" in lowered and "content-length" not in lowered:
-        return 501 if "invalid `transfer-encoding`" in lowered else 400, message
+    if "request has invalid `transfer-encoding`" in lowered:
+        return 501, message  # a transfer coding other than chunked
     if "http version" in lowered:
         return 505, message
     return 400, message

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 #: Told (server, ok, now) about failures on real traffic and the first success after.
 OutcomeSink = Callable[[LiveServer, bool, float], None]
 
+#: Told (exchange, status, body bytes or None, now) once per answered request.
+AccessLogSink = Callable[["Exchange", int, "int | None", float], None]
+
 #: Upper bounds (seconds) of the request-duration histogram buckets; the last is +Inf.
 LATENCY_BUCKETS: tuple[float, ...] = (
     0.001,
@@ -45,8 +48,12 @@ class RequestPolicy(Protocol):
     """Looks at a request before it goes to a pool (rate limits, redirects...).
 
     ``admit`` returns True to let the request on; to refuse it, the policy answers
-    it itself (``exchange.client.answer_error``) and returns False. It may add
-    headers to the eventual answer through ``exchange.response_headers``.
+    it itself (``exchange.client.answer_error``) and returns False. A policy that
+    needs time (a shared store) returns False without answering, and later either
+    calls ``exchange.resume_after(policy, now)`` or answers; meanwhile the request's
+    body is kept in ``exchange.pending``, and ``exchange.finished`` turns true if
+    the client goes away. A policy may add headers to the eventual answer through
+    ``exchange.response_headers``.
     """
 
     def admit(self, exchange: Exchange, now: float) -> bool: ...
@@ -92,11 +99,20 @@ class PoolRuntime:
     #: Requests waiting for a server below its max_connections, oldest first.
     waiting: deque[Exchange] = field(default_factory=deque)
     record_outcome: OutcomeSink = ignore_outcome
+    #: Requests sent to a server of the pool (retries included), and retries.
+    requests: int = 0
     retries: int = 0
+    #: True when the balancer learns from response times (least_response_time).
+    observes_latency: bool = False
+    #: "v1" or "v2": announce the client to the servers. Connections are then tied
+    #: to one client and never pooled across clients.
+    send_proxy_protocol: str | None = None
     affinity: Affinity | None = None
     #: Request durations: counts per LATENCY_BUCKETS bucket (+Inf last) and their sum.
     latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
     latency_sum: float = 0.0
+    #: Answers the balancer gave itself for this pool (502/503/504...) by status class.
+    own_answers: list[int] = field(default_factory=lambda: [0] * 6)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +145,14 @@ class ListenerRuntime:
     max_header_size: int
     max_uri_length: int
     max_body_size: int | None
+    body_timeout: float = 30.0
+    #: Expect a PROXY protocol header (v1 or v2) first on every connection.
+    proxy_protocol: bool = False
+    max_headers: int = 100
+    max_connections: int | None = None
+    max_connections_per_client: int | None = None
+    #: Off by default: one call per answered request when set.
+    access_log: AccessLogSink | None = None
 
     def route(self, host: bytes, target: bytes) -> RouteRuntime:
         if self.routes:
@@ -140,12 +164,17 @@ class ListenerRuntime:
 
 
 class ListenerSlot:
-    """What a client connection holds: the listener's current generation."""
+    """What a client connection holds: the listener's current generation, and the
+    listener's open connections (in total and per client address) across reloads."""
 
-    __slots__ = ("runtime",)
+    __slots__ = ("runtime", "open", "open_by_client", "own_answers")
 
     def __init__(self, runtime: ListenerRuntime) -> None:
         self.runtime = runtime
+        self.open = 0
+        self.open_by_client: dict[str, int] = {}
+        #: Answers the balancer gave itself (4xx, 502/503/504...) by status class.
+        self.own_answers = [0] * 6
 
 
 def _host_without_port(host: bytes) -> bytes:

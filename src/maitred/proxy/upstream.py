@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
+from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 import httptools
@@ -19,6 +21,8 @@ from maitred.proxy.deadline import Deadline
 from maitred.proxy.framing import (
     CONNECTION,
     CONTENT_LENGTH,
+    ORDINARY,
+    PLAIN_CONNECTION_VALUES,
     REQUEST_ID,
     RESPONSE_HEADER_KINDS,
     TRANSFER_ENCODING,
@@ -44,7 +48,17 @@ CRLF = b"\r\n"
 class ServerConnections:
     """The idle keep-alive connections to one server, shared by every pool that names it."""
 
-    __slots__ = ("host", "port", "idle", "max_idle", "idle_timeout", "opened", "loop")
+    __slots__ = (
+        "host",
+        "port",
+        "idle",
+        "max_idle",
+        "idle_timeout",
+        "opened",
+        "loop",
+        "tls_context",
+        "server_hostname",
+    )
 
     def __init__(
         self,
@@ -53,8 +67,13 @@ class ServerConnections:
         port: int,
         max_idle: int,
         idle_timeout: float,
+        tls_context: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> None:
         self.loop = loop
+        #: TLS to the server: new connections use the context set here (reloadable).
+        self.tls_context = tls_context
+        self.server_hostname = server_hostname if tls_context is not None else None
         self.host = host
         self.port = port
         self.idle: list[UpstreamConnection] = []
@@ -62,22 +81,14 @@ class ServerConnections:
         self.idle_timeout = idle_timeout
         self.opened = 0
 
-    def take_idle(self) -> UpstreamConnection | None:
-        idle = self.idle
-        while idle:
-            conn = idle.pop()
-            if conn.transport is not None and not conn.transport.is_closing():
-                return conn
-        return None
-
-    def give_back(self, conn: UpstreamConnection) -> None:
+    def give_back(self, conn: UpstreamConnection, now: float) -> None:
         if len(self.idle) >= self.max_idle or conn.transport is None:
             conn.close()
             return
         conn.exchange = None
-        conn.deadline.arm(self.idle_timeout)
+        conn.deadline.arm_at(now + self.idle_timeout, self.idle_timeout)
         # Read while idle, so a close from the server is noticed at once.
-        conn.transport.resume_reading()
+        conn.resume_reading()
         self.idle.append(conn)
 
     def forget(self, conn: UpstreamConnection) -> None:
@@ -97,9 +108,19 @@ class ServerConnections:
 
     async def _connect(self, timeout: float) -> UpstreamConnection:
         transport, conn = await asyncio.wait_for(
-            self.loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port),
+            self.loop.create_connection(
+                lambda: UpstreamConnection(self),
+                self.host,
+                self.port,
+                ssl=self.tls_context,
+                server_hostname=self.server_hostname,
+            ),
             timeout,
         )
+        if conn.transport is None:
+            # A TLS server that refuses our client certificate says so right after
+            # the handshake: the connection can be gone before anything was sent.
+            raise ConnectionResetError("the server closed the connection on connect")
         return conn
 
 
@@ -114,18 +135,16 @@ class UpstreamConnection(asyncio.Protocol):
         "got_bytes",
         "head_parts",
         "status",
-        "reason",
         "body_mode",
         "response_length",
         "keep_alive",
         "out",
-        "upstream_paused",
+        "reading_paused",
         "named_hop",
         "has_request_id",
         "complete",
         "chunked",
         "until_close",
-        "response_timeout",
     )
 
     def __init__(self, servers: ServerConnections) -> None:
@@ -138,18 +157,16 @@ class UpstreamConnection(asyncio.Protocol):
         self.got_bytes = False
         self.head_parts: list[bytes] = []
         self.status = 0
-        self.reason = b""
         self.body_mode = BODY_NONE
         self.response_length: bytes | None = None
         self.keep_alive = True
         self.out: list[bytes] = []
-        self.upstream_paused = False
+        self.reading_paused = False
         self.named_hop: list[bytes] | None = None
         self.has_request_id = False
         self.complete = False
         self.chunked = False
         self.until_close = False
-        self.response_timeout = 30.0
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -168,7 +185,8 @@ class UpstreamConnection(asyncio.Protocol):
             if self.body_mode == BODY_CHUNKED:
                 self.out.append(CHUNK_END)
             self.keep_alive = False
-            self._finish(exchange)
+            self.complete = True
+            self._deliver(exchange)
             return
         self.exchange = None
         if not self.complete:
@@ -187,17 +205,23 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- sending the request ---------------------------------------------------
 
-    def begin(self, exchange: Exchange, response_timeout: float) -> None:
+    def begin(self, exchange: Exchange, response_timeout: float, now: float) -> None:
+        """Carry ``exchange``; the server must answer within ``response_timeout``."""
         self.exchange = exchange
-        self.response_timeout = response_timeout
         self.got_bytes = False
         self.complete = False
         self.status = 0
+        self._reset_head()
+        self.deadline.arm_at(now + response_timeout, response_timeout)
+
+    def _reset_head(self) -> None:
         self.head_parts = []
         self.named_hop = None
         self.has_request_id = False
         self.response_length = None
-        self.deadline.arm(response_timeout)
+        self.chunked = False
+        self.until_close = False
+        self.body_mode = BODY_NONE
 
     def pause_writing(self) -> None:
         if self.exchange is not None:
@@ -206,6 +230,16 @@ class UpstreamConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self.exchange is not None:
             self.exchange.client.resume_reading_for_upstream()
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and self.reading_paused:
+            self.reading_paused = False
+            self.transport.resume_reading()
 
     # -- receiving the answer --------------------------------------------------
 
@@ -216,21 +250,33 @@ class UpstreamConnection(asyncio.Protocol):
             self.abort()
             return
         self.got_bytes = True
-        self.deadline.arm(self.response_timeout)
+        self.deadline.touched = True  # inactivity timeout: still alive
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
+            if self.complete:
+                # Bytes after a complete answer: deliver it, but never reuse a
+                # connection whose server sent more than it framed.
+                self.keep_alive = False
+                self._deliver(exchange)
+                return
             self._malformed(exchange, str(exc))
             return
-        if self.out:
-            self._flush()
+        self._deliver(exchange)
 
-    def _flush(self) -> None:
+    def _deliver(self, exchange: Exchange) -> None:
+        """Everything this read produced goes to the client in one write."""
         out = self.out
-        self.out = []
-        exchange = self.exchange
-        if exchange is not None:
-            exchange.client.write_response(out)
+        if out:
+            self.out = []
+            transport = exchange.client.transport
+            if transport is not None:
+                transport.writelines(out)
+        if self.complete:
+            self.exchange = None
+            self.deadline.at = None
+            reusable = self.keep_alive and exchange.request_done and exchange.pending is None
+            exchange.response_complete(self, reusable)
 
     def _malformed(self, exchange: Exchange, why: str) -> None:
         log.warning("malformed answer from %s:%d: %s", self.servers.host, self.servers.port, why)
@@ -238,21 +284,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.abort()
         exchange.upstream_malformed(self, why)
 
-    def on_message_begin(self) -> None:
-        self.head_parts = []
-        self.named_hop = None
-        self.has_request_id = False
-        self.response_length = None
-        self.chunked = False
-        self.until_close = False
-        self.body_mode = BODY_NONE
-
-    def on_status(self, reason: bytes) -> None:
-        self.reason += reason
-
     def on_header(self, name: bytes, value: bytes) -> None:
-        kind = RESPONSE_HEADER_KINDS.get(name.lower())
+        kind = RESPONSE_HEADER_KINDS.get(name)
         if kind is None:
+            kind = RESPONSE_HEADER_KINDS.get(name.lower(), ORDINARY)
+        if kind == ORDINARY:
             self.head_parts += (name, b": ", value, CRLF)
         elif kind == CONTENT_LENGTH:
             self.response_length = value
@@ -260,9 +296,10 @@ class UpstreamConnection(asyncio.Protocol):
             self.has_request_id = True
             self.head_parts += (name, b": ", value, CRLF)
         elif kind == CONNECTION:
-            named = connection_named_headers(value)
-            if named:
-                self.named_hop = (self.named_hop or []) + named
+            if value not in PLAIN_CONNECTION_VALUES:
+                named = connection_named_headers(value)
+                if named:
+                    self.named_hop = (self.named_hop or []) + named
         elif kind == TRANSFER_ENCODING:
             # llhttp frames by chunked exactly when it is the final coding.
             self.chunked = value.rstrip().lower().endswith(b"chunked")
@@ -270,26 +307,33 @@ class UpstreamConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         exchange = self.exchange
         assert exchange is not None
-        status = self.parser.get_status_code()
-        self.status = status
-        reason = self.reason or b"-"
-        self.reason = b""
-        if 100 <= status < 200:
+        if self.complete:
+            raise UnsolicitedAnswer  # a second answer to one request
+        parser = self.parser
+        status = parser.get_status_code()
+        if status < 200:
             # Interim answers: relay and keep waiting for the final one. 101 is
             # never seen here because Upgrade is stripped from requests.
-            self.out.append(b"HTTP/1.1 %d %s\r\n\r\n" % (status, reason))
+            if exchange.client_http11:
+                self.out.append(status_line(status) + CRLF)
+            self._reset_head()
             return
-        self.keep_alive = self.parser.should_keep_alive()
+        self.status = status
+        self.keep_alive = parser.should_keep_alive()
         parts = self.head_parts
         if self.named_hop:
             parts = drop_named_headers(parts, self.named_hop)
-        head = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        head = [status_line(status)]
         head += parts
         if not self.has_request_id:
             head += (b"X-Request-Id: ", exchange.request_id, CRLF)
         if exchange.response_headers:
             head.append(exchange.response_headers)
-        client_close = exchange.client_wants_close()
+        if not exchange.request_done:
+            # The server answered before the request body ended: the rest of the
+            # body cannot be told apart from a next request, so close after.
+            exchange.close_after = True
+        client_close = exchange.close_after or exchange.client.closing
         if exchange.is_head or status == 204 or status == 304:
             self.body_mode = BODY_NONE
             if self.response_length is not None:
@@ -311,7 +355,7 @@ class UpstreamConnection(asyncio.Protocol):
             else:
                 self.body_mode = BODY_UNTIL_CLOSE
                 client_close = True
-                exchange.force_close()
+                exchange.close_after = True
         if client_close:
             head.append(b"Connection: close\r\n\r\n")
         elif not exchange.client_http11:
@@ -319,37 +363,31 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             head.append(CRLF)
         self.out.append(b"".join(head))
-        exchange.response_started(status)
-        if self.body_mode == BODY_NONE and exchange.is_head:
-            # httptools cannot be told that a HEAD answer has no body: finish the
-            # exchange here and start the next answer on a fresh parser.
+        exchange.response_begun = True
+        exchange.replay = None
+        server = exchange.server
+        if server is not None:
+            server.answers[status // 100] += 1
+        if status >= 500:
+            exchange.server_failed = True
+        if exchange.is_head:
+            # httptools cannot be told that a HEAD answer has no body: the answer
+            # ends here, and the next one starts on a fresh parser.
             self.parser = httptools.HttpResponseParser(self)
-            self._finish(exchange)
+            self.complete = True
 
     def on_body(self, body: bytes) -> None:
-        mode = self.body_mode
-        if mode == BODY_CHUNKED:
+        if self.body_mode == BODY_CHUNKED:
             self.out += (b"%x\r\n" % len(body), body, CRLF)
         else:
             self.out.append(body)
 
     def on_message_complete(self) -> None:
-        exchange = self.exchange
-        if exchange is None or self.status < 200:
-            return
-        if exchange.is_head:
-            return
+        if self.status < 200 or self.complete:
+            return  # an interim answer, or a HEAD answer already complete
         if self.body_mode == BODY_CHUNKED:
             self.out.append(CHUNK_END)
-        self._finish(exchange)
-
-    def _finish(self, exchange: Exchange) -> None:
         self.complete = True
-        self.deadline.disarm()
-        self._flush()
-        self.exchange = None
-        reusable = self.keep_alive and exchange.request_fully_sent()
-        exchange.response_complete(self, reusable=reusable)
 
     def _on_timeout(self) -> None:
         exchange = self.exchange
@@ -361,3 +399,22 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange = None
         self.abort()
         exchange.upstream_timed_out(self)
+
+
+class UnsolicitedAnswer(Exception):
+    """The server sent an answer nobody asked for: the connection is not reused."""
+
+
+_STATUS_LINES: dict[int, bytes] = {}
+
+
+def status_line(status: int) -> bytes:
+    """``HTTP/1.1 200 OK\\r\\n``; the server's reason phrase is not kept (RFC 9112 4)."""
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        try:
+            reason = HTTPStatus(status).phrase.encode()
+        except ValueError:
+            reason = b"Unknown"
+        line = _STATUS_LINES[status] = b"HTTP/1.1 %d %s\r\n" % (status, reason)
+    return line

@@ -1,0 +1,1 @@
+"""TLS: termination on listeners (SNI, ALPN, live certificate reload) and TLS to servers."""
