@@ -106,6 +106,18 @@ class ServerConnections:
         task = self.loop.create_task(self._connect(timeout))
         task.add_done_callback(exchange.on_connect_done)
 
+    def warm(self, count: int, timeout: float) -> None:
+        """Open connections until ``count`` are idle (pool warm-up), in the background."""
+        for _ in range(count - len(self.idle)):
+            self.opened += 1
+            task = self.loop.create_task(self._connect(timeout))
+            task.add_done_callback(self._warmed)
+
+    def _warmed(self, task: asyncio.Task[UpstreamConnection]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            return  # the server is not reachable yet: health checks will say so
+        self.give_back(task.result(), self.loop.time())
+
     async def _connect(self, timeout: float) -> UpstreamConnection:
         transport, conn = await asyncio.wait_for(
             self.loop.create_connection(
