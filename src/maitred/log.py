@@ -25,7 +25,13 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(event, ensure_ascii=False)
 
 
+#: What setup_logging was last given: worker processes log the same way.
+current: tuple[LogFormat, str] = ("text", "info")
+
+
 def setup_logging(fmt: LogFormat = "text", level: str = "info") -> None:
+    global current
+    current = (fmt, level)
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Callable
 
 from maitred.balancing.base import LiveServer
 from maitred.config import Config, Pool
@@ -50,10 +51,14 @@ class HealthControl:
         )
         self.detectors: dict[str, OutlierDetector] = {}
         self._pool_of: dict[str, str] = {}
+        #: Told after any server's availability changed (worker processes follow it).
+        self.on_availability_change: list[Callable[[], None]] = []
         #: Operator states set through the admin API: "ready", "drain" or "maint".
         self.admin_states: dict[str, str] = {}
         self.ejections: Counter[str] = Counter()
         self._return_timer: asyncio.TimerHandle | None = None
+        #: Told each server that becomes available (pool warm-up opens connections).
+        self.on_available: list[Callable[[LiveServer], None]] = []
         worker.policy = self
 
     # -- configuration -----------------------------------------------------------
@@ -166,3 +171,8 @@ class HealthControl:
         for pool in self.worker.pools.values():
             if server in pool.connections:
                 pool.balancer.refresh(now)
+        if available:
+            for callback in self.on_available:
+                callback(server)
+        for listener in self.on_availability_change:
+            listener()

@@ -10,14 +10,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+
+from prometheus_client.core import CounterMetricFamily, Metric
 
 from maitred.config import Config, ConfigError
 from maitred.config.file_checks import base_dir_of, load_checked_config
 from maitred.control.admin import AdminServer
 from maitred.control.health import HealthControl
 from maitred.control.overlay import resolve_state_file
+from maitred.control.processes import WorkerProcesses, worker_count
 from maitred.control.runtime import RuntimeChanges
 from maitred.control.worker import Worker
 from maitred.policies.sticky_secret import sticky_secret_for
@@ -35,6 +38,8 @@ class Supervisor:
         self.config_path = config_path
         self.runtime = RuntimeChanges(resolve_state_file(config, config_path))
         self.worker: Worker | None = None
+        #: With `workers` above 1: the worker processes (self.worker is then their mirror).
+        self.processes: WorkerProcesses | None = None
         self.health: HealthControl | None = None
         self.admin: AdminServer | None = None
         self.tls_watch: FileWatcher | None = None
@@ -45,10 +50,15 @@ class Supervisor:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        self.worker = Worker(loop)
-        if self.config_path is not None:
-            self.worker.tls.base_dir = base_dir_of(self.config_path)
+        count = worker_count(self.file_config.workers)
+        self.worker = Worker(loop, serving=count == 1)
+        base_dir = base_dir_of(self.config_path) if self.config_path is not None else None
+        if base_dir is not None:
+            self.worker.tls.base_dir = base_dir
         self.health = HealthControl(loop, self.worker)
+        if count > 1:
+            self.processes = WorkerProcesses(loop, count, self.worker, self.health, base_dir)
+            self.health.on_availability_change.append(self.processes.broadcast_availability)
         self.config = self.runtime.effective(self.file_config)
         await self._apply(self.config)
         # Renewed certificates go into service without a reload (issue 7).
@@ -56,6 +66,8 @@ class Supervisor:
         self.tls_watch.start()
         if self.config.admin is not None:
             self.admin = AdminServer(self)
+            if self.processes is not None:
+                self.admin.collector.sources.append(self._worker_metrics)
             await self.admin.start(self.config.admin.bind.host, self.config.admin.bind.port)
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
@@ -112,11 +124,16 @@ class Supervisor:
             self.worker.sticky_secret = sticky_secret_for(config)
         await self.worker.apply(config)
         self.health.start(config)
+        if self.processes is not None:
+            await self.processes.apply(config)
 
     async def _shutdown(self) -> int:
         assert self.worker is not None
         log.info("stopping: draining in-flight requests (up to %ss)", self.config.drain_timeout)
-        drained = await self.worker.drain(self.config.drain_timeout)
+        if self.processes is not None:
+            drained = await self.processes.stop(self.config.drain_timeout)
+        else:
+            drained = await self.worker.drain(self.config.drain_timeout)
         if not drained:
             log.warning("drain timeout reached; remaining connections were closed")
         if self.tls_watch is not None:
@@ -128,13 +145,25 @@ class Supervisor:
         log.info("stopped")
         return 0
 
+    def _worker_metrics(self) -> Iterable[Metric]:
+        assert self.processes is not None
+        accepted = CounterMetricFamily(
+            "maitred_worker_connections_accepted",
+            "Client connections each worker process accepted.",
+            labels=["worker"],
+        )
+        for index, count in sorted(self.processes.accepted_by_worker().items()):
+            accepted.add_metric([str(index)], count)
+        yield accepted
+
     def _readiness(self) -> tuple[bool, dict[str, object]]:
         worker = self.worker
         if worker is None:
             return False, {"reason": "starting"}
         not_ready = []
+        bound = self.processes.sockets if self.processes is not None else worker.listeners
         for listener in self.config.listeners:
-            if listener.name not in worker.listeners:
+            if listener.name not in bound:
                 not_ready.append(f"listener {listener.name} not bound")
                 continue
             pool_name = listener.pool

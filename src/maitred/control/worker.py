@@ -63,8 +63,13 @@ class ServerPolicy(Protocol):
 
 
 class Worker:
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, serving: bool = True) -> None:
         self.loop = loop
+        #: False for the supervisor's mirror of several worker processes: pools only,
+        #: no listeners (the workers bind them); counters come from the workers.
+        self.serving = serving
+        #: Listening sockets handed over by a supervisor, by listener name.
+        self.inherited: dict[str, socket.socket] = {}
         self.plane = DataPlane(loop)
         self.listeners: dict[str, BoundListener] = {}
         self.pools: dict[str, PoolRuntime] = {}
@@ -91,6 +96,8 @@ class Worker:
         pools = {name: self._pool_runtime(name, pool, now) for name, pool in config.pools.items()}
         self.pools = pools
         self._drop_unused_connections(pools)
+        if not self.serving:
+            return
 
         wanted: dict[str, tuple[Listener, ListenerRuntime | TcpListenerRuntime]] = {}
         for listener in config.listeners:
@@ -239,6 +246,17 @@ class Worker:
         host = listener.bind.host
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         connection = TlsClientConnection if listener.tls else ClientConnection
+        ssl = self.tls.server_context(listener.name, listener.tls)
+        handshake_timeout = listener.timeouts.client_header if listener.tls else None
+        inherited = self.inherited.get(listener.name)
+        if inherited is not None:
+            return await self.loop.create_server(
+                lambda: connection(plane, slot),
+                sock=inherited,
+                backlog=4096,
+                ssl=ssl,
+                ssl_handshake_timeout=handshake_timeout,
+            )
         return await self.loop.create_server(
             lambda: connection(plane, slot),
             host,
@@ -246,14 +264,19 @@ class Worker:
             family=family,
             backlog=4096,
             reuse_address=True,
-            ssl=self.tls.server_context(listener.name, listener.tls),
-            ssl_handshake_timeout=listener.timeouts.client_header if listener.tls else None,
+            ssl=ssl,
+            ssl_handshake_timeout=handshake_timeout,
         )
 
     async def _bind_tcp(self, listener: Listener, slot: TcpSlot) -> asyncio.Server:
         loop = self.loop
         plane = self.plane
         host = listener.bind.host
+        inherited = self.inherited.get(listener.name)
+        if inherited is not None:
+            return await loop.create_server(
+                lambda: TcpClient(slot, loop, plane), sock=inherited, backlog=4096
+            )
         return await loop.create_server(
             lambda: TcpClient(slot, loop, plane),
             host,

@@ -74,7 +74,15 @@ class ClientSide(Protocol):
 class DataPlane:
     """Per-process state every client connection shares."""
 
-    __slots__ = ("loop", "connections", "stopping", "id_prefix", "id_counter", "drained")
+    __slots__ = (
+        "loop",
+        "connections",
+        "stopping",
+        "id_prefix",
+        "id_counter",
+        "drained",
+        "accepted",
+    )
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -84,6 +92,8 @@ class DataPlane:
         self.id_prefix = os.urandom(6).hex().encode()
         self.id_counter = 0
         self.drained: asyncio.Event = asyncio.Event()
+        #: Client connections accepted since start.
+        self.accepted = 0
 
     def stop_accepting_requests(self) -> None:
         """Graceful stop: idle connections close now, busy ones after their answer."""
@@ -584,6 +594,7 @@ class ClientConnection(asyncio.Protocol):
         self.client_port = peer[1] if peer else 0
         self.client_ip_bytes = self.client_ip.encode()
         self.plane.connections.add(self)
+        self.plane.accepted += 1
         slot = self.slot
         runtime = slot.runtime
         if runtime.proxy_protocol:

@@ -66,6 +66,7 @@ class TcpClient(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.plane.connections.add(self)
+        self.plane.accepted += 1
         peer = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")
         self.client_address = (peer[0], peer[1]) if peer else ("", 0)
