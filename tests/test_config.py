@@ -197,6 +197,7 @@ def test_to_dict_is_plain_json_with_seconds_and_address_strings() -> None:
         "client_header": 10.0,
         "client_body": 30.0,
         "idle": 60.0,
+        "tunnel": 3600.0,
     }
     assert data["pools"]["web"]["servers"][0] == {
         "address": "127.0.0.1:9001",

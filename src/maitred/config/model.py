@@ -215,6 +215,8 @@ class ListenerTimeouts(_Frozen):
     #: Longest silence while a request body is being received (→ 408 and close).
     client_body: PositiveDuration = 30.0
     idle: PositiveDuration = 60.0
+    #: Longest silence on an upgraded connection (WebSocket tunnel).
+    tunnel: PositiveDuration = 3600.0
 
 
 class ListenerLimits(_Frozen):
@@ -404,10 +406,22 @@ class PoolTimeouts(_Frozen):
 
 
 class ConnectionPoolSettings(_Frozen):
-    """Idle keep-alive connections kept per server (``max_idle: 0`` disables reuse)."""
+    """Idle keep-alive connections kept per server (``max_idle: 0`` disables reuse).
 
+    ``min_idle`` connections are opened ahead of traffic to every available
+    server (pool warm-up, :mod:`maitred.control.warmup`).
+    """
+
+    min_idle: int = Field(default=0, ge=0)
     max_idle: int = Field(default=64, ge=0)
     idle_timeout: PositiveDuration = 60.0
+
+    @model_validator(mode="after")
+    def _min_idle_fits(self) -> ConnectionPoolSettings:
+        if self.min_idle > self.max_idle:
+            # Warmed connections above max_idle would be closed as soon as they open.
+            raise ValueError(f"min_idle ({self.min_idle}) must be <= max_idle ({self.max_idle})")
+        return self
 
 
 class Pool(_Frozen):

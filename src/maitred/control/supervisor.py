@@ -22,6 +22,8 @@ from maitred.control.health import HealthControl
 from maitred.control.overlay import resolve_state_file
 from maitred.control.processes import WorkerProcesses, worker_count
 from maitred.control.runtime import RuntimeChanges
+from maitred.control.tls_metrics import CertificateExpiry
+from maitred.control.warmup import ConnectionWarmup
 from maitred.control.worker import Worker
 from maitred.policies.sticky_secret import sticky_secret_for
 from maitred.tls.watch import FileWatcher
@@ -41,6 +43,7 @@ class Supervisor:
         #: With `workers` above 1: the worker processes (self.worker is then their mirror).
         self.processes: WorkerProcesses | None = None
         self.health: HealthControl | None = None
+        self.warmup: ConnectionWarmup | None = None
         self.admin: AdminServer | None = None
         self.tls_watch: FileWatcher | None = None
         self._stop = asyncio.Event()
@@ -56,6 +59,8 @@ class Supervisor:
         if base_dir is not None:
             self.worker.tls.base_dir = base_dir
         self.health = HealthControl(loop, self.worker)
+        self.warmup = ConnectionWarmup(loop, self.worker)
+        self.health.on_available.append(self.warmup.server_available)
         if count > 1:
             self.processes = WorkerProcesses(loop, count, self.worker, self.health, base_dir)
             self.health.on_availability_change.append(self.processes.broadcast_availability)
@@ -66,6 +71,8 @@ class Supervisor:
         self.tls_watch.start()
         if self.config.admin is not None:
             self.admin = AdminServer(self)
+            expiry = CertificateExpiry(self.worker.tls, lambda: self.config)
+            self.admin.collector.sources.append(expiry.collect)
             if self.processes is not None:
                 self.admin.collector.sources.append(self._worker_metrics)
             await self.admin.start(self.config.admin.bind.host, self.config.admin.bind.port)
@@ -124,6 +131,8 @@ class Supervisor:
             self.worker.sticky_secret = sticky_secret_for(config)
         await self.worker.apply(config)
         self.health.start(config)
+        if self.warmup is not None:
+            self.warmup.apply(config)
         if self.processes is not None:
             await self.processes.apply(config)
 

@@ -372,6 +372,7 @@ def _listener_runtime(
         max_uri_length=listener.limits.max_uri_length,
         max_body_size=listener.limits.max_body_size,
         body_timeout=listener.timeouts.client_body,
+        tunnel_timeout=listener.timeouts.tunnel,
         max_headers=listener.limits.max_headers,
         max_connections=listener.limits.max_connections,
         max_connections_per_client=listener.limits.max_connections_per_client,

@@ -45,7 +45,7 @@ RESPONSE_HEADER_KINDS: dict[bytes, int] = {
     b"keep-alive": HOP_BY_HOP,
     b"te": HOP_BY_HOP,
     b"trailer": HOP_BY_HOP,
-    b"upgrade": HOP_BY_HOP,
+    b"upgrade": UPGRADE,
     b"proxy-connection": HOP_BY_HOP,
     b"proxy-authenticate": HOP_BY_HOP,
     b"proxy-authorization": HOP_BY_HOP,

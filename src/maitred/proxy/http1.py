@@ -141,6 +141,8 @@ class Exchange:
         "parts",
         "received_at",
         "answered_by",
+        "upgrade",
+        "tunnel_early",
     )
 
     def __init__(self, client: ClientConnection) -> None:
@@ -178,6 +180,9 @@ class Exchange:
         self.received_at = 0.0
         #: The server that took the last attempt (kept after it is released).
         self.answered_by: LiveServer | None = None
+        #: The Upgrade asked for (forwarded), and the client's bytes sent after the head.
+        self.upgrade: bytes | None = None
+        self.tunnel_early = b""
 
     def header_pairs(self) -> list[tuple[bytes, bytes]]:
         """The request's headers as received, (name, value), hop-by-hop ones excepted."""
@@ -546,6 +551,8 @@ class ClientConnection(asyncio.Protocol):
         "named_hop",
         "host_count",
         "upgrade",
+        "connection_upgrade",
+        "tunnel_pending",
     )
 
     def __init__(self, plane: DataPlane, slot: ListenerSlot) -> None:
@@ -583,7 +590,10 @@ class ClientConnection(asyncio.Protocol):
         self.transfer_encoding: bytes | None = None
         self.named_hop: list[bytes] | None = None
         self.host_count = 0
-        self.upgrade = False
+        self.upgrade: bytes | None = None
+        self.connection_upgrade = False
+        #: An exchange whose Upgrade awaits the server's 101: bytes wait in it.
+        self.tunnel_pending: Exchange | None = None
 
     # -- connection lifecycle ----------------------------------------------------
 
@@ -691,6 +701,11 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing and self.active is None and self.parsing is None:
             return
+        if self.tunnel_pending is not None:
+            self.tunnel_pending.tunnel_early += data
+            if len(self.tunnel_pending.tunnel_early) > MAX_PENDING_BODY:
+                self.pause_reading(PAUSE_BUFFERING)
+            return
         if self.proxy_preface is not None:
             rest = self._read_proxy_header(data)
             if not rest:
@@ -713,8 +728,8 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserInvalidMethodError:
             self._reject(400, "invalid method")
             return
-        except httptools.HttpParserUpgrade:
-            self._reject(501, "protocol upgrade is not supported")
+        except httptools.HttpParserUpgrade as upgrade:
+            self._upgrade_requested(data[upgrade.args[0] :])
             return
         except httptools.HttpParserError as exc:
             self._reject(*_classify_parse_error(str(exc)))
@@ -727,6 +742,26 @@ class ClientConnection(asyncio.Protocol):
             elif not self.head_deadline:
                 self.head_deadline = True
                 self.deadline.arm(self.slot.runtime.header_timeout)
+
+    def _upgrade_requested(self, after: bytes) -> None:
+        """llhttp stopped after a request asking to switch protocols."""
+        exchange = self.active
+        if exchange is not None and exchange.upgrade is not None and not exchange.finished:
+            # Bytes after the head belong to the new protocol: held for the tunnel.
+            self.tunnel_pending = exchange
+            exchange.tunnel_early = after
+            return
+        # An upgrade we do not tunnel (h2c) was forwarded as a plain request: what
+        # follows it is HTTP/1.1 again.
+        if after:
+            self.data_received(after)
+
+    def tunnel_refused(self, exchange: Exchange) -> None:
+        """The server did not switch protocols: answer normally, then close (the
+        bytes sent after the head cannot be told apart)."""
+        if self.tunnel_pending is exchange:
+            self.tunnel_pending = None
+            exchange.close_after = True
 
     def _read_proxy_header(self, data: bytes) -> bytes:
         """Consume the PROXY header; what follows it is HTTP (empty: wait for more)."""
@@ -794,7 +829,8 @@ class ClientConnection(asyncio.Protocol):
         self.transfer_encoding = None
         self.named_hop = None
         self.host_count = 0
-        self.upgrade = False
+        self.upgrade = None
+        self.connection_upgrade = False
 
     def on_url(self, url: bytes) -> None:
         if self.closing:
@@ -836,8 +872,10 @@ class ClientConnection(asyncio.Protocol):
                 named = connection_named_headers(value)
                 if named:
                     self.named_hop = (self.named_hop or []) + named
+            if b"upgrade" in value.lower():
+                self.connection_upgrade = True
         elif kind == UPGRADE:
-            self.upgrade = True
+            self.upgrade = value
         # HOP_BY_HOP and FORWARDED_REPLACED are dropped; we set the latter ourselves.
 
     def header_pairs(self) -> list[tuple[bytes, bytes]]:
@@ -913,6 +951,15 @@ class ClientConnection(asyncio.Protocol):
         forwarded_for = self.client_ip_bytes
         if self.forwarded_for is not None:
             forwarded_for = self.forwarded_for + b", " + forwarded_for
+        upgrade_lines = b""
+        if (
+            self.upgrade is not None
+            and self.connection_upgrade
+            and self.upgrade.strip().lower() != b"h2c"
+        ):
+            # WebSocket and other upgrades become a tunnel once the server says 101.
+            exchange.upgrade = self.upgrade
+            upgrade_lines = b"Connection: Upgrade\r\nUpgrade: " + self.upgrade + CRLF
         parts = self.parts
         if self.named_hop:
             parts = drop_named_headers(parts, self.named_hop)
@@ -936,6 +983,7 @@ class ClientConnection(asyncio.Protocol):
                 CRLF,
                 request_id_line,
                 body_framing,
+                upgrade_lines,
                 CRLF,
             )
         )

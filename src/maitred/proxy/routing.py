@@ -146,6 +146,8 @@ class ListenerRuntime:
     max_uri_length: int
     max_body_size: int | None
     body_timeout: float = 30.0
+    #: Silence after which an upgraded connection (WebSocket) is closed.
+    tunnel_timeout: float = 3600.0
     #: Expect a PROXY protocol header (v1 or v2) first on every connection.
     proxy_protocol: bool = False
     max_headers: int = 100

@@ -26,9 +26,11 @@ from maitred.proxy.framing import (
     REQUEST_ID,
     RESPONSE_HEADER_KINDS,
     TRANSFER_ENCODING,
+    UPGRADE,
     connection_named_headers,
     drop_named_headers,
 )
+from maitred.proxy.tunnel import open_tunnel
 
 if TYPE_CHECKING:
     from maitred.proxy.http1 import Exchange
@@ -157,6 +159,8 @@ class UpstreamConnection(asyncio.Protocol):
         "complete",
         "chunked",
         "until_close",
+        "upgrade_value",
+        "tunnel",
     )
 
     def __init__(self, servers: ServerConnections) -> None:
@@ -179,6 +183,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.complete = False
         self.chunked = False
         self.until_close = False
+        self.upgrade_value = b""
+        self.tunnel = False
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -265,6 +271,12 @@ class UpstreamConnection(asyncio.Protocol):
         self.deadline.touched = True  # inactivity timeout: still alive
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as switched:
+            if self.tunnel:
+                self._open_tunnel(exchange, data[switched.args[0] :])
+            else:
+                self._malformed(exchange, "unexpected protocol switch")
+            return
         except httptools.HttpParserError as exc:
             if self.complete:
                 # Bytes after a complete answer: deliver it, but never reuse a
@@ -315,6 +327,8 @@ class UpstreamConnection(asyncio.Protocol):
         elif kind == TRANSFER_ENCODING:
             # llhttp frames by chunked exactly when it is the final coding.
             self.chunked = value.rstrip().lower().endswith(b"chunked")
+        elif kind == UPGRADE:
+            self.upgrade_value = value
 
     def on_headers_complete(self) -> None:
         exchange = self.exchange
@@ -323,6 +337,9 @@ class UpstreamConnection(asyncio.Protocol):
             raise UnsolicitedAnswer  # a second answer to one request
         parser = self.parser
         status = parser.get_status_code()
+        if status == 101:
+            self._switching(exchange)
+            return
         if status < 200:
             # Interim answers: relay and keep waiting for the final one. 101 is
             # never seen here because Upgrade is stripped from requests.
@@ -330,6 +347,8 @@ class UpstreamConnection(asyncio.Protocol):
                 self.out.append(status_line(status) + CRLF)
             self._reset_head()
             return
+        if exchange.upgrade is not None:
+            exchange.client.tunnel_refused(exchange)
         self.status = status
         self.keep_alive = parser.should_keep_alive()
         parts = self.head_parts
@@ -387,6 +406,48 @@ class UpstreamConnection(asyncio.Protocol):
             # ends here, and the next one starts on a fresh parser.
             self.parser = httptools.HttpResponseParser(self)
             self.complete = True
+
+    def _switching(self, exchange: Exchange) -> None:
+        if exchange.upgrade is None or not self.upgrade_value:
+            raise UnsolicitedAnswer  # 101 without an Upgrade asked for: malformed
+        head = [status_line(101), *self.head_parts]
+        head += (b"Connection: Upgrade\r\nUpgrade: ", self.upgrade_value, CRLF)
+        if not self.has_request_id:
+            head += (b"X-Request-Id: ", exchange.request_id, CRLF)
+        head.append(CRLF)
+        self.out.append(b"".join(head))
+        self.status = 101
+        self.tunnel = True
+        exchange.response_begun = True
+        exchange.replay = None
+        server = exchange.server
+        if server is not None:
+            server.answers[1] += 1
+
+    def _open_tunnel(self, exchange: Exchange, to_client: bytes) -> None:
+        """The server switched protocols: from now on bytes pass through unchanged."""
+        client = exchange.client
+        out, self.out = self.out, []
+        self.exchange = None
+        self.deadline.cancel()
+        if client.transport is None or self.transport is None:
+            self.abort()
+            return
+        client.transport.writelines(out)
+        to_server = exchange.tunnel_early
+        exchange.tunnel_early = b""
+        client.tunnel_pending = None
+        if client.paused:
+            client.paused = 0  # the tunnel does its own flow control
+        open_tunnel(
+            self.servers.loop,
+            client.transport,
+            self.transport,
+            to_server=to_server,
+            to_client=to_client,
+            idle_timeout=client.slot.runtime.tunnel_timeout,
+            on_client_closed=client.connection_lost,
+        )
 
     def on_body(self, body: bytes) -> None:
         if self.body_mode == BODY_CHUNKED:
