@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from tests.support.backends import (
     read_response,
 )
 from tests.support.balancer import BalancerFactory, BalancerProcess
+from tests.support.load import SteadyLoad
 
 
 class SlowRequest(threading.Thread):
@@ -85,39 +85,16 @@ def test_delete_lets_in_flight_finish_and_sends_nothing_new(
 def test_delete_under_load_fails_no_request(
     lb: BalancerProcess, backends: list[BackendProcess]
 ) -> None:
-    failures: list[str] = []
-    answered: Counter[str] = Counter()
-    done = threading.Event()
-
-    def client() -> None:
-        try:
-            with connect("127.0.0.1", lb.port) as sock:
-                while not done.is_set():
-                    sock.sendall(build_request("GET", "/delay?ms=5"))
-                    response = read_response(sock)
-                    if response.status != 200:
-                        failures.append(f"{response.status} {response.body!r}")
-                    answered[response.header("X-Backend") or "?"] += 1
-        except OSError as exc:
-            failures.append(repr(exc))
-
-    threads = [threading.Thread(target=client) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    try:
-        wait_until(lambda: answered["b1"] >= 20 and answered["b2"] >= 20)
+    with SteadyLoad(lb.port, path="/delay?ms=5") as load:
+        load.wait_for("b1", 20)
+        load.wait_for("b2", 20)
         start = len(lb.log.lines)
         assert api(lb, "DELETE", f"/api/v1/servers/{sid(backends[0])}").status == 204
         lb.log.wait_for(rf"server {sid(backends[0])} removed from pool web", start=start)
-        after_removal = answered["b1"]
-        total = sum(answered.values())
-        wait_until(lambda: sum(answered.values()) >= total + 100)
-    finally:
-        done.set()
-        for thread in threads:
-            thread.join(10)
-    assert failures == []
-    assert answered["b1"] == after_removal  # none after the server left
+        after_removal = load.answered["b1"]
+        load.wait_for_total(load.total() + 100)
+    assert load.failures == []
+    assert load.answered["b1"] == after_removal  # none after the server left
 
 
 def test_drain_timeout_removes_a_busy_server_without_cutting_its_request(

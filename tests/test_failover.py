@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from tests.support.backends import (
     start_backends,
 )
 from tests.support.balancer import BalancerFactory, BalancerProcess
+from tests.support.load import SteadyLoad
 
 
 @pytest.fixture
@@ -102,38 +102,12 @@ def test_killed_backend_under_load_costs_no_failed_request(
     own_backends: list[BackendProcess], balancer: BalancerFactory
 ) -> None:
     lb = balancer(checked_pool([server_line(b) for b in own_backends]))
-    failures: list[str] = []
-    done = threading.Event()
-    counts = Counter[str]()
-
-    def client() -> None:
-        try:
-            with connect("127.0.0.1", lb.port) as sock:
-                while not done.is_set():
-                    sock.sendall(build_request("GET", "/"))
-                    response = read_response(sock)
-                    if response.status != 200:
-                        failures.append(f"{response.status} {response.body!r}")
-                    counts[response.header("X-Backend") or "?"] += 1
-        except OSError as exc:
-            failures.append(repr(exc))
-
-    threads = [threading.Thread(target=client) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    try:
-        while sum(counts.values()) < 300:
-            done.wait(0.02)
+    with SteadyLoad(lb.port, clients=8) as load:
+        load.wait_for_total(300)
         own_backends[0].kill()
-        killed_at = sum(counts.values())
-        while sum(counts.values()) < killed_at + 1500:
-            done.wait(0.02)
-    finally:
-        done.set()
-        for thread in threads:
-            thread.join(10)
-    assert failures == []
-    assert counts["f2"] > 0 and counts["f3"] > 0
+        load.wait_for_total(load.total() + 1500)
+    assert load.failures == []
+    assert load.answered["f2"] > 0 and load.answered["f3"] > 0
 
 
 def test_frozen_backend_leaves_rotation_within_five_seconds(

@@ -20,6 +20,7 @@ from tests.support.backends import (
     read_response,
 )
 from tests.support.balancer import BalancerFactory, BalancerProcess
+from tests.support.load import SteadyLoad
 
 T = TypeVar("T")
 
@@ -120,36 +121,10 @@ def test_a_killed_worker_is_replaced_and_no_new_request_fails(lb: BalancerProces
 def test_reload_under_load_drops_nothing(
     backends: list[BackendProcess], lb: BalancerProcess
 ) -> None:
-    failures: list[str] = []
-    done = threading.Event()
-    counts = [0]
-
-    def client() -> None:
-        try:
-            with connect("127.0.0.1", lb.port) as sock:
-                while not done.is_set():
-                    sock.sendall(build_request("GET", "/"))
-                    response = read_response(sock)
-                    if response.status != 200:
-                        failures.append(str(response.status))
-                    counts[0] += 1
-        except OSError as exc:
-            failures.append(repr(exc))
-
-    threads = [threading.Thread(target=client) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    try:
-        while counts[0] < 200:
-            done.wait(0.02)
+    with SteadyLoad(lb.port) as load:
+        load.wait_for_total(200)
         lb.reload(workers_config(backends[:3]))
-        reloaded_at = counts[0]
-        while counts[0] < reloaded_at + 500:
-            done.wait(0.02)
-    finally:
-        done.set()
-        for thread in threads:
-            thread.join(10)
-    assert failures == []
+        load.wait_for_total(load.total() + 500)
+    assert load.failures == []
     # The reload kept the listeners: the running workers applied it, none was replaced.
     assert "starting a new one" not in lb.log.text()
