@@ -16,7 +16,7 @@ from maitred.control.overlay import (
     resolve_state_file,
     save_overlay,
 )
-from maitred.control.validation import ChangeRejected, config_data, validate_config_data
+from maitred.control.validation import ChangeRejected, validate_config_data
 
 FILE = """
 listeners: [{name: public, bind: 127.0.0.1:0, pool: web}]
@@ -36,7 +36,7 @@ def file_config() -> Config:
 
 
 def effective(file_config: Config, overlay: Overlay) -> tuple[Config, list[str]]:
-    data, conflicts = overlay.replay(config_data(file_config))
+    data, conflicts = overlay.replay(file_config.to_dict())
     return validate_config_data(data), conflicts
 
 
@@ -139,7 +139,7 @@ def test_states_map_to_server_ids(file_config: Config) -> None:
 
 
 def test_invalid_results_name_the_field(file_config: Config) -> None:
-    data = config_data(file_config)
+    data = file_config.to_dict()
     data["pools"]["web"]["servers"].append({"address": "127.0.0.1:9003", "weight": 0})
     with pytest.raises(ChangeRejected) as refused:
         validate_config_data(data, blame=("pools", "web", "servers", 2))

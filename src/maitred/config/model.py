@@ -295,7 +295,11 @@ def _status_ranges(value: object) -> tuple[tuple[int, int], ...]:
     return tuple(ranges)
 
 
-StatusRanges = Annotated[tuple[tuple[int, int], ...], PlainValidator(_status_ranges)]
+StatusRanges = Annotated[
+    tuple[tuple[int, int], ...],
+    PlainValidator(_status_ranges),
+    PlainSerializer(lambda ranges: [list(r) for r in ranges], return_type=list),
+]
 
 
 class HealthCheck(_Frozen):

@@ -28,7 +28,7 @@ from maitred.control.admin_views import ServerRef, Views, find_server, iter_serv
 from maitred.control.openapi import openapi_document
 from maitred.control.overlay import ConfigData, Overlay
 from maitred.control.stats import HISTORY_SECONDS
-from maitred.control.validation import ChangeRejected, config_data, redacted
+from maitred.control.validation import ChangeRejected, redacted
 
 if TYPE_CHECKING:
     from maitred.control.supervisor import Supervisor
@@ -164,7 +164,7 @@ class AdminApi:
                 return no_content()
             candidate = runtime.candidate()
             candidate.remove_server(ref.pool, ref.address, self.supervisor.file_config)
-            pool_data = config_data(self.config)["pools"][ref.pool]
+            pool_data = self.config.to_dict()["pools"][ref.pool]
             runtime.leaving[key] = next(
                 s for s in pool_data["servers"] if s["address"] == ref.address
             )
@@ -258,7 +258,7 @@ class AdminApi:
         runtime_pools = frozenset(self.supervisor.runtime.overlay.added_pools)
         view = self.views.pool(self.config, name, runtime_pools=runtime_pools)
         if with_config:
-            view["config"] = redacted(config_data(self.config)["pools"][name])
+            view["config"] = redacted(self.config.to_dict()["pools"][name])
         return view
 
     # -- the rest -----------------------------------------------------------------
@@ -291,7 +291,7 @@ class AdminApi:
         )
 
     async def get_config(self, request: Request) -> Response:
-        return json_response(200, redacted(config_data(self.config)))
+        return json_response(200, redacted(self.config.to_dict()))
 
     async def get_runtime(self, request: Request) -> Response:
         runtime = self.supervisor.runtime

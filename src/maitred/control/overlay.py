@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from maitred.config import Address, Config
-from maitred.control.validation import ChangeRejected, config_data, validate_config_data
+from maitred.control.validation import ChangeRejected, validate_config_data
 from maitred.control.worker import server_id
 from maitred.policies.sticky_secret import default_state_dir
 
@@ -370,7 +370,7 @@ def check_overlay(config: Config, state_file: Path) -> list[str]:
         return [f"{state_file}: {exc}"]
     if overlay.is_empty():
         return []
-    data, conflicts = overlay.replay(config_data(config))
+    data, conflicts = overlay.replay(config.to_dict())
     try:
         effective = validate_config_data(data)
     except ChangeRejected as exc:

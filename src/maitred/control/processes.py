@@ -129,7 +129,7 @@ class WorkerProcesses:
         assert self.config is not None
         return {
             "type": "config",
-            "config": self.config.model_dump(mode="json", warnings=False),
+            "config": self.config.to_dict(),
             "available": self._availability(),
             "base_dir": str(self.base_dir) if self.base_dir else "",
             "sticky_secret": self.mirror.sticky_secret.hex(),

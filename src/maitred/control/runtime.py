@@ -22,7 +22,7 @@ from maitred.control.overlay import (
     load_overlay,
     save_overlay,
 )
-from maitred.control.validation import ChangeRejected, config_data, validate_config_data
+from maitred.control.validation import ChangeRejected, validate_config_data
 from maitred.control.worker import server_id
 
 log = logging.getLogger("maitred.admin")
@@ -86,7 +86,7 @@ class RuntimeChanges:
 
     def replayed_data(self, file_config: Config, overlay: Overlay) -> tuple[ConfigData, list[str]]:
         """Configuration data: the file, the overlay, and the servers still leaving."""
-        data, conflicts = overlay.replay(config_data(file_config))
+        data, conflicts = overlay.replay(file_config.to_dict())
         pools = data.get("pools", {})
         for (pool_name, address), server in self.leaving.items():
             pool = pools.get(pool_name)

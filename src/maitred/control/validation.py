@@ -40,12 +40,6 @@ class ChangeRejected(Exception):
         return body
 
 
-def config_data(config: Config) -> dict[str, Any]:
-    """``Config.to_dict()`` without pydantic's serializer warnings about tuples."""
-    data: dict[str, Any] = config.model_dump(mode="json", warnings=False)
-    return data
-
-
 def redacted(data: Any) -> Any:
     """A copy of configuration data with tokens and secrets hidden."""
     if isinstance(data, dict):
