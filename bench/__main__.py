@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import signal
 import sys
@@ -23,7 +24,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--scenario",
         action="append",
         choices=list(scenarios.SCENARIOS),
-        help="run only this scenario (repeatable; default: all)",
+        help="run only this scenario (repeatable; default: all but the opt-in "
+        + ", ".join(scenarios.OPT_IN_SCENARIOS)
+        + ")",
+    )
+    parser.add_argument(
+        "--all", action="store_true", help="every scenario, the opt-in ones included"
     )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of A B C (default 3)")
     parser.add_argument("--duration", type=float, default=10, help="seconds per run (default 10)")
@@ -61,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     tools.ensure_installed(["haproxy", "nginx", "wrk", "h2load", "taskset", "openssl"])
     order = list(scenarios.SCENARIOS)
-    names = sorted(set(args.scenario or order), key=order.index)
+    chosen = order if args.all else args.scenario or scenarios.DEFAULT_SCENARIOS
+    names = sorted(set(chosen), key=order.index)
     load_cpus, proxy_cpus, pinning = cpu_plan(not args.no_pin)
     workdir = fresh_directory(OUT_DIR / "run")
     settings = scenarios.Settings(
@@ -72,23 +79,35 @@ def main(argv: list[str] | None = None) -> int:
         threads=args.threads,
         load_cpus=load_cpus,
         workdir=workdir,
+        proxy_cpus=proxy_cpus,
     )
     notes: list[str] = []
+    load_at_start = os.getloadavg()
     with Supervisor() as supervisor:
         pool = origins.start(supervisor, workdir, load_cpus)
         tls = tls_files.generate(workdir)
         started = [
-            targets.start(name, supervisor, workdir, pool.ports, proxy_cpus, tls)
+            targets.start(
+                name, supervisor, workdir, pool.ports, proxy_cpus, tls, tcp="tcp" in names
+            )
             for name in args.targets.split(",")
         ]
         for target in started:
             if not target.available:
                 notes.append(f"{target.name} {target.problem}")
                 print(f"bench: {target.name} {target.problem}", file=sys.stderr)
-        bench = scenarios.Bench(settings, [t for t in started if t.available], notes)
+        bench = scenarios.Bench(
+            settings,
+            [t for t in started if t.available],
+            notes,
+            supervisor=supervisor,
+            origin_ports=pool.ports,
+        )
         rows = scenarios.run(names, bench)
 
     notes += [
+        f"Load average when the run began (1, 5, 15 min): "
+        f"{', '.join(f'{v:.2f}' for v in load_at_start)}; at the end: see Machine.",
         "Open-source NGINX has no active health checks (only passive max_fails); "
         "HAProxy and maitred check GET /health every 2 s.",
         f"Throughput: wrk -t{args.threads} -c{args.connections}, {args.rounds} round(s) of "
@@ -103,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     facts = {**tools.machine(), **tools.versions(), "pinning": pinning}
     command = shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
     date = time.strftime("%Y-%m-%d %H:%M %Z")
-    text = report.results_markdown(rows, command, date, facts, notes)
+    load_now = os.getloadavg()
+    facts["load average at the end (1, 5, 15 min)"] = ", ".join(f"{v:.2f}" for v in load_now)
+    text = report.results_markdown(rows, command, date, facts, notes, bench.sections)
     report.write(args.results, text)
     print(report.table(rows))
     print(f"\nbench: wrote {args.results}")

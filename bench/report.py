@@ -143,9 +143,12 @@ def results_markdown(
     date: str,
     facts: dict[str, str],
     notes: list[str],
+    sections: list[tuple[str, str]] | None = None,
 ) -> str:
+    """The whole report; `sections` (title, markdown) go after the rounds, before the notes."""
     machine = "\n".join(f"- {name}: {value}" for name, value in facts.items())
     notes_text = "\n".join(f"- {note}" for note in notes)
+    extra = "".join(f"## {title}\n\n{body}\n\n" for title, body in sections or [])
     return f"""# Benchmark results
 
 Command: `{command}` (from the project root), {date}.
@@ -162,7 +165,7 @@ Command: `{command}` (from the project root), {date}.
 
 {per_round(rows)}
 
-## Notes
+{extra}## Notes
 
 {notes_text}
 """

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from bench import load, procfs
-from bench.processes import pinned
+from bench import capacity, failover, load, procfs, targets
+from bench.processes import Supervisor, pinned
 from bench.report import Goal, Row
-from bench.targets import HAPROXY, Target
+from bench.targets import HAPROXY, MAITRED, Target
+
+Listener = Literal["http", "https", "tcp"]
 
 IDLE_CONNECTIONS = 10_000
 IDLE_READY_TIMEOUT_SECONDS = 120.0
@@ -27,6 +31,7 @@ class Settings:
     threads: int
     load_cpus: str | None  # where wrk, h2load and the idle client run
     workdir: Path
+    proxy_cpus: str | None = None  # where the proxy under test runs
 
 
 @dataclass
@@ -35,11 +40,24 @@ class Bench:
     targets: list[Target]  # the running ones, in rotation order
     notes: list[str] = field(default_factory=list)
     haproxy_small_rps: float | None = None  # sets the fixed rate of "latency" and "cpu"
+    # For scenarios that start proxies and servers of their own (workers, failover, capacity).
+    supervisor: Supervisor | None = None
+    origin_ports: list[int] = field(default_factory=list)
+    # Extra RESULTS.md sections (title, markdown) beside the table.
+    sections: list[tuple[str, str]] = field(default_factory=list)
 
-    def url(self, target: Target, path: str = "/", https: bool = False) -> str:
-        if https:
+    def url(self, target: Target, path: str = "/", listener: Listener = "http") -> str:
+        if listener == "https":
             return f"https://127.0.0.1:{target.tls_port}{path}"
+        if listener == "tcp":
+            return f"http://127.0.0.1:{target.tcp_port}{path}"
         return f"http://127.0.0.1:{target.port}{path}"
+
+    def starter(self) -> Supervisor:
+        assert self.supervisor is not None, (
+            "this scenario starts processes: give Bench a Supervisor"
+        )
+        return self.supervisor
 
     def rotation(self) -> list[tuple[int, Target]]:
         """A B C A B C...: every round visits each target once, in the same order."""
@@ -69,12 +87,14 @@ def _try_wrk(
     path: str,
     headers: tuple[str, ...],
     seconds: float,
-    https: bool = False,
+    listener: Listener = "http",
+    pin: bool = True,
 ) -> load.WrkResult | None:
     s = bench.settings
+    cpus = s.load_cpus if pin else None
     try:
         return load.run_wrk(
-            bench.url(target, path, https), seconds, s.connections, s.threads, headers, s.load_cpus
+            bench.url(target, path, listener), seconds, s.connections, s.threads, headers, cpus
         )
     except ValueError as error:  # wrk printed no result: the target stopped answering
         bench.notes.append(f"{target.name}: wrk failed on {path}: {str(error).strip()[:200]}")
@@ -87,20 +107,20 @@ def _throughput(
     path: str,
     headers: tuple[str, ...],
     goal: Goal | None,
-    https: bool = False,
+    listener: Listener = "http",
     what: str = "req/s",
 ) -> list[Row]:
     s = bench.settings
     rate = Row(scenario, what, goal=goal)
     busy = Row(scenario, "proxy CPU %" if what == "req/s" else f"proxy CPU % ({what})")
     for target in bench.targets:
-        _try_wrk(bench, target, path, headers, s.warmup_seconds, https)
+        _try_wrk(bench, target, path, headers, s.warmup_seconds, listener)
     for round_index, target in bench.rotation():
         result = None
         if bench.still_running(target, scenario):
             bench.say(f"{scenario} round {round_index + 1}/{s.rounds}: {target.name}")
             cpu_before = procfs.cpu_seconds(target.pid)
-            result = _try_wrk(bench, target, path, headers, s.seconds, https)
+            result = _try_wrk(bench, target, path, headers, s.seconds, listener)
             cpu_used = procfs.cpu_seconds(target.pid) - cpu_before
         if result is None:
             _record(target, (rate, math.nan), (busy, math.nan))
@@ -231,9 +251,9 @@ def idle_memory(bench: Bench) -> list[Row]:
 
 def https(bench: Bench) -> list[Row]:
     """HTTPS termination: keep-alive throughput, then a new TLS connection per request."""
-    keep_alive = _throughput(bench, "https", "/", (), Goal("ratio_at_least", 0.9), https=True)
+    keep_alive = _throughput(bench, "https", "/", (), Goal("ratio_at_least", 0.9), "https")
     handshakes = _throughput(
-        bench, "https", "/", ("Connection: close",), None, https=True, what="new conn/s"
+        bench, "https", "/", ("Connection: close",), None, "https", what="new conn/s"
     )
     bench.notes.append(
         "https: the same proxying behind TLS (TLS 1.3 as negotiated by wrk's OpenSSL, one "
@@ -244,6 +264,104 @@ def https(bench: Bench) -> list[Row]:
     return keep_alive + handshakes
 
 
+WORKER_COUNTS = (1, 2)
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def workers(bench: Bench) -> list[Row]:
+    """Keep-alive small answers through maitred `workers: 1 | 2` and HAProxy `nbthread 1 | 2`.
+
+    Nothing is pinned here: two workers need both cores, and so does the load
+    side, so proxy and wrk compete for the same two cores in every case.
+    """
+    s = bench.settings
+    rates = {n: Row("workers", f"req/s ({_plural(n, 'worker')})") for n in WORKER_COUNTS}
+    busy = {n: Row("workers", f"proxy CPU % ({_plural(n, 'worker')})") for n in WORKER_COUNTS}
+    scaling = Row("workers", "req/s 2 workers / 1 worker")
+    contenders: list[tuple[int, Target]] = []
+    supervisor = bench.starter()
+    try:
+        for count in WORKER_COUNTS:
+            for name in (MAITRED, HAPROXY):
+                label = f"workers-{name.lower()}-{count}"
+                target = targets.start(
+                    name,
+                    supervisor,
+                    s.workdir,
+                    bench.origin_ports,
+                    None,
+                    workers=count,
+                    label=label,
+                )
+                if target.available:
+                    contenders.append((count, target))
+                else:
+                    bench.notes.append(f"workers: {name} x{count} {target.problem}")
+        for _, target in contenders:
+            _try_wrk(bench, target, "/", (), s.warmup_seconds, pin=False)
+        for round_index in range(s.rounds):
+            for count, target in contenders:
+                bench.say(f"workers round {round_index + 1}/{s.rounds}: {target.name} x{count}")
+                result = None
+                if bench.still_running(target, "workers"):
+                    cpu_before = procfs.cpu_seconds(target.pid)
+                    result = _try_wrk(bench, target, "/", (), s.seconds, pin=False)
+                    cpu_used = procfs.cpu_seconds(target.pid) - cpu_before
+                if result is None:
+                    _record(target, (rates[count], math.nan), (busy[count], math.nan))
+                    continue
+                _record(
+                    target,
+                    (rates[count], result.requests_per_second),
+                    (busy[count], 100 * cpu_used / result.seconds),
+                )
+    finally:
+        for _, target in contenders:
+            if target.child is not None:
+                supervisor.stop(target.child)
+    first, last = WORKER_COUNTS[0], WORKER_COUNTS[-1]
+    for name in (MAITRED, HAPROXY):
+        pairs = zip(rates[first].runs.get(name, []), rates[last].runs.get(name, []), strict=False)
+        scaling.runs[name] = [b / a if a else math.nan for a, b in pairs]
+    bench.notes.append(
+        "workers: maitred `workers: N` (a supervisor and N worker processes accepting from "
+        "the same listening sockets; with 1, one process serves) beside HAProxy `nbthread N`, "
+        f"wrk -t{s.threads} -c{s.connections} on GET /, rotation maitred x1, HAProxy x1, "
+        "maitred x2, HAProxy x2 in every round. Nothing pinned in this scenario: the proxy, "
+        "wrk and the origin nginx (still on the load CPU) share the machine's 2 cores, so "
+        "a second worker competes with the load generator and the origins; 2/1 is far "
+        "from 2 on such a machine for every proxy. Proxy CPU % may exceed 100 (two cores)."
+    )
+    return [rates[first], busy[first], rates[last], busy[last], scaling]
+
+
+def tcp(bench: Bench) -> list[Row]:
+    """Layer 4: raw TCP relayed to the same origins, keep-alive and new connection per request."""
+    relaying = [t for t in bench.targets if t.tcp_port]
+    for target in bench.targets:
+        if not target.tcp_port:
+            bench.notes.append(
+                f"tcp: {target.name} not measured (no layer-4 listener; NGINX needs the "
+                f"stream module, Debian package {targets.NGINX_STREAM_PACKAGE})."
+            )
+    layer4 = dataclasses.replace(bench, targets=relaying)  # shares notes with bench
+    keep_alive = _throughput(layer4, "tcp", "/", (), None, "tcp")
+    per_request = _throughput(
+        layer4, "tcp", "/", ("Connection: close",), None, "tcp", what="new conn/s"
+    )
+    bench.notes.append(
+        "tcp: maitred `protocol: tcp` listener on the same pool, HAProxy `mode tcp` "
+        "(balance roundrobin, HTTP checks kept), NGINX `stream` proxy_pass (round robin, "
+        "no active checks); wrk speaks HTTP through the byte relay, so every client "
+        "connection is tied to one origin connection; 'new conn/s' sends Connection: close "
+        "so every request opens a client and an origin connection."
+    )
+    return keep_alive + per_request
+
+
 SCENARIOS: dict[str, Callable[[Bench], list[Row]]] = {
     "small": small,
     "50k": large,
@@ -252,7 +370,14 @@ SCENARIOS: dict[str, Callable[[Bench], list[Row]]] = {
     "cpu": latency_and_cpu,
     "idle_memory": idle_memory,
     "https": https,
+    "workers": workers,
+    "tcp": tcp,
+    "failover": failover.failover,
+    "capacity": capacity.capacity,
 }
+# Each of these adds minutes; the default run (about 11 minutes at 3 x 10 s) leaves them out.
+OPT_IN_SCENARIOS = ("workers", "tcp", "failover", "capacity")
+DEFAULT_SCENARIOS = tuple(name for name in SCENARIOS if name not in OPT_IN_SCENARIOS)
 
 
 def run(names: list[str], bench: Bench) -> list[Row]:

@@ -1,13 +1,16 @@
 """The three proxies under test: configs with equivalent settings, and launch.
 
-Equivalent means: one worker/thread, round robin over the same four origins,
-active health checks every 2 s on /health (except open-source NGINX, which has
-none), X-Forwarded-For added, keep-alive to clients and origins, logging off.
+Equivalent means: one worker/thread (scenario "workers" also runs two), round
+robin over the same four origins, active health checks every 2 s on /health
+(except open-source NGINX, which has none), X-Forwarded-For added, keep-alive
+to clients and origins, logging off. With a `tcp_port`, each also relays raw
+TCP (layer 4, round robin) to the same origins on that port.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +30,9 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MAX_CLIENT_CONNECTIONS = 15000
 MAX_OPEN_FILES = 19000
 START_TIMEOUT_SECONDS = 15.0
+# Debian builds the stream (layer 4) module as a loadable one, in libnginx-mod-stream.
+NGINX_STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
+NGINX_STREAM_PACKAGE = "libnginx-mod-stream"
 
 
 @dataclass
@@ -36,6 +42,7 @@ class Target:
     child: Child | None  # None when the target could not start
     problem: str = ""
     tls_port: int = 0  # the same proxying over HTTPS (scenario "https")
+    tcp_port: int = 0  # layer-4 relay to the same origins (scenario "tcp"); 0: none
 
     @property
     def available(self) -> bool:
@@ -48,7 +55,13 @@ class Target:
 
 
 def haproxy_config(
-    port: int, origin_ports: list[int], tls_port: int = 0, tls: TlsFiles | None = None
+    port: int,
+    origin_ports: list[int],
+    tls_port: int = 0,
+    tls: TlsFiles | None = None,
+    *,
+    threads: int = 1,
+    tcp_port: int = 0,
 ) -> str:
     tls_frontend = ""
     if tls is not None:
@@ -60,10 +73,31 @@ frontend bench_tls
     servers = "\n".join(
         f"    server origin{i} 127.0.0.1:{p} check inter 2s" for i, p in enumerate(origin_ports)
     )
+    tcp_proxy = ""
+    if tcp_port:
+        # Sections after a second "defaults" take only its settings; the checks
+        # stay HTTP, as maitred's.
+        tcp_proxy = f"""
+defaults tcp_defaults
+    mode tcp
+    maxconn {MAX_CLIENT_CONNECTIONS}
+    timeout connect 5s
+    timeout client 120s
+    timeout server 120s
+
+frontend bench_tcp
+    bind 127.0.0.1:{tcp_port}
+    default_backend origins_tcp
+
+backend origins_tcp
+    balance roundrobin
+    option httpchk GET /health
+{servers}
+"""
     # No "log" line anywhere: logging off.
     return f"""
 global
-    nbthread 1
+    nbthread {threads}
     maxconn {MAX_CLIENT_CONNECTIONS}
     # maxconn assumes two descriptors per connection; idle clients need only one.
     no strict-limits
@@ -87,7 +121,7 @@ backend origins
     balance roundrobin
     option httpchk GET /health
 {servers}
-"""
+{tcp_proxy}"""
 
 
 def nginx_proxy_config(
@@ -96,7 +130,10 @@ def nginx_proxy_config(
     origin_ports: list[int],
     tls_port: int = 0,
     tls: TlsFiles | None = None,
+    *,
+    tcp_port: int = 0,
 ) -> str:
+    """With `tcp_port`, also a stream (layer 4) proxy: needs NGINX_STREAM_MODULE."""
     tls_listen = ""
     if tls is not None:
         tls_listen = (
@@ -106,9 +143,25 @@ def nginx_proxy_config(
         )
     servers = "\n".join(f"    server 127.0.0.1:{p};" for p in origin_ports)
     main = nginx.main_block(workdir, "nginx-proxy", MAX_OPEN_FILES, MAX_CLIENT_CONNECTIONS)
+    stream = ""
+    if tcp_port:
+        # load_module must come before the block that uses the module.
+        main = f"load_module {NGINX_STREAM_MODULE};\n{main}"
+        stream = f"""
+stream {{
+  upstream origins_tcp {{
+{servers}
+  }}
+  server {{
+    listen 127.0.0.1:{tcp_port} backlog=4096;
+    proxy_pass origins_tcp;
+  }}
+}}
+"""
     # Buffers large enough that a 50 KB answer never spills to a temp file.
     return f"""
 {main}
+{stream}
 http {{
   access_log off;
   {nginx.temp_paths(workdir)}
@@ -136,7 +189,13 @@ http {{
 
 
 def maitred_config(
-    port: int, origin_ports: list[int], tls_port: int = 0, tls: TlsFiles | None = None
+    port: int,
+    origin_ports: list[int],
+    tls_port: int = 0,
+    tls: TlsFiles | None = None,
+    *,
+    workers: int = 1,
+    tcp_port: int = 0,
 ) -> str:
     tls_listener = ""
     if tls is not None:
@@ -148,14 +207,23 @@ def maitred_config(
       certificates:
         - {{cert: {tls.cert}, key: {tls.key}}}
 """
+    tcp_listener = ""
+    if tcp_port:
+        # The same pool: a tcp listener relays bytes to its servers, checks included.
+        tcp_listener = f"""  - name: bench_tcp
+    bind: 127.0.0.1:{tcp_port}
+    protocol: tcp
+    pool: origins
+    timeouts: {{idle: 120s}}
+"""
     servers = "\n".join(f"      - {{address: 127.0.0.1:{p}}}" for p in origin_ports)
-    return f"""workers: 1
+    return f"""workers: {workers}
 listeners:
   - name: bench
     bind: 127.0.0.1:{port}
     pool: origins
     timeouts: {{idle: 120s}}
-{tls_listener}pools:
+{tls_listener}{tcp_listener}pools:
   origins:
     algorithm: round_robin
     servers:
@@ -164,13 +232,38 @@ listeners:
 """
 
 
-def maitred_argv(config_path: Path) -> tuple[list[str], dict[str, str]]:
-    """Run the checkout's maitred whether or not it is pip-installed."""
+def checkout_env() -> dict[str, str]:
+    """The environment that imports the checkout's maitred, pip-installed or not."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(PROJECT_ROOT / "src"), env.get("PYTHONPATH", "")) if p
     )
-    return [sys.executable, "-m", "maitred", "run", "-c", str(config_path)], env
+    return env
+
+
+def maitred_argv(config_path: Path) -> tuple[list[str], dict[str, str]]:
+    """Run the checkout's maitred whether or not it is pip-installed."""
+    return [sys.executable, "-m", "maitred", "run", "-c", str(config_path)], checkout_env()
+
+
+def demo_backend_argv(port: int, name: str) -> list[str]:
+    """maitred's demo backend (run it with checkout_env()): `/delay?ms=`, `/stats`..."""
+    module = "maitred.demo.backend"
+    return [sys.executable, "-m", module, "--port", str(port), "--name", name]
+
+
+def nginx_stream_module() -> Path | None:
+    """NGINX's stream module, apt-get installed when missing and running as root."""
+    if not NGINX_STREAM_MODULE.exists() and os.geteuid() == 0:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "-q", "--no-install-recommends"]
+        subprocess.run(
+            [*install, NGINX_STREAM_PACKAGE],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    return NGINX_STREAM_MODULE if NGINX_STREAM_MODULE.exists() else None
 
 
 def start(
@@ -180,25 +273,44 @@ def start(
     origin_ports: list[int],
     cpus: str | None,
     tls: TlsFiles | None = None,
+    *,
+    workers: int = 1,
+    tcp: bool = False,
+    label: str = "",
 ) -> Target:
+    """Start one proxy; `workers` is maitred's `workers` and HAProxy's `nbthread`.
+
+    `label` names its config and log files, so that several instances of one
+    proxy can run side by side (scenario "workers").
+    """
     port, tls_port = free_port(), free_port()
+    tcp_port = free_port() if tcp else 0
+    if name == NGINX and tcp_port and nginx_stream_module() is None:
+        tcp_port = 0  # the tcp scenario reports NGINX as not measured
     if name == NGINX:
-        conf = nginx_proxy_config(workdir, port, origin_ports, tls_port, tls)
-        child = nginx.start(supervisor, workdir, "nginx-proxy", conf, cpus)
+        file_name = label or "nginx-proxy"
+        conf = nginx_proxy_config(workdir, port, origin_ports, tls_port, tls, tcp_port=tcp_port)
+        child = nginx.start(supervisor, workdir, file_name, conf, cpus)
     elif name == HAPROXY:
-        conf_path = workdir / "haproxy.cfg"
-        conf_path.write_text(haproxy_config(port, origin_ports, tls_port, tls))
+        file_name = label or "haproxy"
+        conf_path = workdir / f"{file_name}.cfg"
+        conf_path.write_text(
+            haproxy_config(port, origin_ports, tls_port, tls, threads=workers, tcp_port=tcp_port)
+        )
         argv = [require("haproxy"), "-f", str(conf_path), "-db"]
-        child = supervisor.start(name, argv, workdir / "haproxy.log", cpus)
+        child = supervisor.start(name, argv, workdir / f"{file_name}.log", cpus)
     elif name == MAITRED:
-        conf_path = workdir / "maitred.yaml"
-        conf_path.write_text(maitred_config(port, origin_ports, tls_port, tls))
+        file_name = label or "maitred"
+        conf_path = workdir / f"{file_name}.yaml"
+        conf_path.write_text(
+            maitred_config(port, origin_ports, tls_port, tls, workers=workers, tcp_port=tcp_port)
+        )
         argv, env = maitred_argv(conf_path)
-        child = supervisor.start(name, argv, workdir / "maitred.log", cpus, env)
+        child = supervisor.start(name, argv, workdir / f"{file_name}.log", cpus, env)
     else:
         raise ValueError(f"unknown target {name!r}")
     if wait_until_serving(child, port, "/", START_TIMEOUT_SECONDS):
-        return Target(name, port, child, tls_port=tls_port)
+        return Target(name, port, child, tls_port=tls_port, tcp_port=tcp_port)
     problem = child.log_tail(5) or "did not answer 200 on /"
     supervisor.stop(child)
     return Target(name, port, None, f"not available: {problem}")

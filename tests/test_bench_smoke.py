@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import load, nginx, origins, report, targets
+from bench import capacity, failover, load, nginx, origins, report, targets
 from bench.profile import top_functions
 from bench.report import Goal, Row
 
@@ -221,3 +221,148 @@ def test_maitred_accepts_its_config(tmp_path: Path) -> None:
     argv[argv.index("run")] = "check"
     check = subprocess.run(argv, env=env, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def _maitred_check(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
+    config = tmp_path / "maitred.yaml"
+    config.write_text(text)
+    argv, env = targets.maitred_argv(config)
+    argv[argv.index("run")] = "check"
+    return subprocess.run(argv, env=env, capture_output=True, text=True)
+
+
+def _haproxy_check(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(text)
+    return subprocess.run(["haproxy", "-c", "-f", str(config)], capture_output=True, text=True)
+
+
+def test_worker_and_layer4_settings_reach_the_configs() -> None:
+    haproxy = targets.haproxy_config(8000, ORIGIN_PORTS, threads=2, tcp_port=8001)
+    assert "nbthread 2" in haproxy and "bind 127.0.0.1:8001" in haproxy
+    tcp_part = haproxy[haproxy.index("defaults tcp_defaults") :]
+    assert "mode tcp" in tcp_part and "balance roundrobin" in tcp_part
+    assert "option forwardfor" not in tcp_part and tcp_part.count("check inter 2s") == 4
+    assert "bench_tcp" not in targets.haproxy_config(8000, ORIGIN_PORTS)
+    maitred = targets.maitred_config(8000, ORIGIN_PORTS, workers=2, tcp_port=8001)
+    assert maitred.startswith("workers: 2\n")
+    assert "bind: 127.0.0.1:8001\n    protocol: tcp\n    pool: origins" in maitred
+    assert "protocol: tcp" not in targets.maitred_config(8000, ORIGIN_PORTS)
+
+
+def test_opt_in_scenarios_are_selectable_but_not_default() -> None:
+    from bench import scenarios
+
+    for name in ("workers", "tcp", "failover", "capacity"):
+        assert name in scenarios.SCENARIOS and name not in scenarios.DEFAULT_SCENARIOS
+    assert "small" in scenarios.DEFAULT_SCENARIOS and "https" in scenarios.DEFAULT_SCENARIOS
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy not installed")
+def test_haproxy_accepts_its_two_thread_layer4_config(tmp_path: Path) -> None:
+    text = targets.haproxy_config(8000, ORIGIN_PORTS, threads=2, tcp_port=8001)
+    check = _haproxy_check(tmp_path, text)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "WARNING" not in check.stderr, check.stderr  # no HTTP option leaks into tcp mode
+
+
+def test_maitred_accepts_its_two_worker_layer4_config(tmp_path: Path) -> None:
+    pytest.importorskip("maitred.cli", reason="maitred's CLI is not there yet")
+    check = _maitred_check(
+        tmp_path, targets.maitred_config(8000, ORIGIN_PORTS, workers=2, tcp_port=8001)
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+@pytest.mark.skipif(
+    shutil.which("nginx") is None or not targets.NGINX_STREAM_MODULE.exists(),
+    reason="nginx or its stream module not installed",
+)
+def test_nginx_accepts_its_stream_config(tmp_path: Path) -> None:
+    conf = targets.nginx_proxy_config(tmp_path, 8000, ORIGIN_PORTS, tcp_port=8001)
+    assert conf.lstrip().startswith("load_module ")
+    path = tmp_path / "nginx.conf"
+    path.write_text(conf)
+    log = str(tmp_path / "error.log")
+    check = subprocess.run(
+        ["nginx", "-t", "-p", str(tmp_path), "-c", str(path), "-e", log],
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0, check.stderr
+
+
+def test_failover_configs_hold_the_same_check_and_timeout_settings(tmp_path: Path) -> None:
+    haproxy = failover.haproxy_config(8000, ORIGIN_PORTS)
+    for setting in (
+        "retries 2",
+        "option redispatch",
+        "retry-on all-retryable-errors",
+        "check inter 1s fastinter 333ms fall 2 rise 2",
+        "timeout check 500ms",
+        "timeout server 5s",
+        "timeout connect 1s",
+    ):
+        assert setting in haproxy
+    maitred = failover.maitred_config(8000, ORIGIN_PORTS)
+    for setting in ("interval: 1s", "timeout: 500ms", "unhealthy_threshold: 2", "response: 5s"):
+        assert setting in maitred
+    assert "retries" not in maitred and "outlier" not in maitred  # maitred's defaults
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy not installed")
+def test_haproxy_accepts_the_failover_config(tmp_path: Path) -> None:
+    check = _haproxy_check(tmp_path, failover.haproxy_config(8000, ORIGIN_PORTS))
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_maitred_accepts_the_failover_and_capacity_configs(tmp_path: Path) -> None:
+    pytest.importorskip("maitred.cli", reason="maitred's CLI is not there yet")
+    for text in (failover.maitred_config(8000, ORIGIN_PORTS), capacity.maitred_config(8000, 9101)):
+        check = _maitred_check(tmp_path, text)
+        assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_answer_heads_give_status_length_and_keep_alive() -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-Backend: b0\r\n\r\n"
+    assert failover.parse_head(head) == (200, 3, True)
+    closing = (
+        b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 107\r\nConnection: close\r\n\r\n"
+    )
+    assert failover.parse_head(closing) == (503, 107, False)
+    assert failover.parse_head(b"HTTP/1.0 504 Gateway Timeout\r\n\r\n") == (504, 0, False)
+
+
+def test_failover_summary_counts_failures_from_the_fault() -> None:
+    outcomes = [
+        failover.Outcome(0.0, 0.1, True),
+        failover.Outcome(3.0, 8.0, False),  # hung on the frozen server until the timeout
+        failover.Outcome(3.1, 3.4, False),
+        failover.Outcome(4.0, 4.2, True),
+    ]
+    result = failover.summarize(outcomes, fault_time=3.05)
+    assert (result.requests, result.failed) == (4, 2)
+    assert result.seconds_to_last_failure == pytest.approx(4.95)
+    assert result.slowest_seconds == pytest.approx(5.0)
+    clean = failover.summarize([failover.Outcome(0.0, 0.5, True)], fault_time=0.2)
+    assert clean.failed == 0 and math.isnan(clean.seconds_to_last_failure)
+
+
+def test_capacity_extrapolation_names_limits_ports_and_memory() -> None:
+    assert capacity.ephemeral_ports("32768\t60999") == 28232
+    idle = capacity.Measurement(15000, 0, 4.0, 10.0, 7.0, 11.0)
+    active = capacity.Measurement(2000, 0, 8.0, 6.0, 1.0, math.nan)
+    text = capacity.extrapolation(idle, active)
+    assert "2,000,000 (client + server side)" in text
+    assert "| 3.81 GiB | 7.63 GiB |" in text  # 4 and 8 KiB x 1,000,000
+    port_range = capacity.read_sys("net.ipv4.ip_local_port_range")
+    if port_range != "unknown":
+        needed = math.ceil(1_000_000 / capacity.ephemeral_ports(port_range))
+        assert f"≥ {needed} server addresses" in text
+
+
+def test_results_markdown_adds_sections_before_the_notes() -> None:
+    text = report.results_markdown(
+        [], "python -m bench", "now", {}, ["a note"], [("Failover, every run", "| t |")]
+    )
+    assert text.index("## Failover, every run\n\n| t |") < text.index("## Notes")

@@ -86,7 +86,7 @@ def run_demo() -> int:
 
 def _demo_traffic(stop: threading.Event) -> None:
     """A trickle of requests (some slow, a few failing) so the dashboard moves."""
-    paths = ["/"] * 6 + ["/delay?ms=40", "/delay?ms=120", "/echo", "/status?code=503"]
+    paths = ["/"] * 24 + ["/delay?ms=40"] * 3 + ["/delay?ms=120", "/echo", "/status?code=503"]
     conn: http.client.HTTPConnection | None = None
     while not stop.wait(random.uniform(0.02, 0.15)):
         try:
