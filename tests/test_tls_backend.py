@@ -124,3 +124,21 @@ def test_client_certificate_to_servers_that_demand_one(
     for refused in (f"{{{base}}}", stranger):
         status, _ = get(balancer, backends.mutual_tls, refused)
         assert status == 502
+
+
+def test_health_checks_speak_tls_to_tls_pools(
+    balancer: BalancerFactory, files_and_backends: tuple[Files, Backends]
+) -> None:
+    files, backends = files_and_backends
+    backend = backends.plain_tls
+    lb = balancer(
+        config(backend, f"{{verify: true, ca: {files.server_ca}, sni: backend.test}}").replace(
+            "    retries: {attempts: 0}\n",
+            "    retries: {attempts: 0}\n"
+            "    health_check: {path: /health, interval: 200ms, timeout: 1s,"
+            " healthy_threshold: 1, unhealthy_threshold: 1, initial_state: unhealthy}\n",
+        )
+    )
+    # Starting unhealthy, the server only takes traffic once a check over TLS passed.
+    lb.log.wait_for(r"server web-127\.0\.0\.1-\d+ is now healthy")
+    assert http_request("127.0.0.1", lb.port, "GET", "/").status == 200

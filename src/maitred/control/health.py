@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections import Counter
 from collections.abc import Callable
 
@@ -80,10 +81,18 @@ class HealthControl:
 
     def start(self, config: Config) -> None:
         """After the worker applied ``config``: run its checks, settle every server's flag."""
-        self.checker.set_targets(targets_from_pools(config.pools, server_id))
+        self.checker.set_targets(targets_from_pools(config.pools, server_id, self._tls_for))
         now = self.loop.time()
         for _, server in self.worker.servers():
             self._settle(server, now)
+
+    def _tls_for(self, pool: Pool) -> ssl.SSLContext | None:
+        """Checks speak TLS to a pool's servers when its traffic does."""
+        try:
+            return self.worker.tls.client_context(pool.tls)
+        except (OSError, ssl.SSLError) as exc:
+            log.error("health checks over TLS: %s", exc)
+            return None
 
     async def close(self) -> None:
         if self._return_timer is not None:

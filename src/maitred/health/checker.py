@@ -18,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from maitred.health.probe import probe
 from maitred.health.schedule import first_check_delay, next_check_delay
@@ -39,10 +41,15 @@ class CheckTarget:
     host: str
     port: int
     check: CheckSpec
+    #: TLS to the server, as the pool's traffic uses (None: plain).
+    tls: ssl.SSLContext | None = field(default=None, compare=False)
+    server_hostname: str | None = None
 
 
 def targets_from_pools(
-    pools: Mapping[str, object], server_id: Callable[[str, str, int], str]
+    pools: Mapping[str, object],
+    server_id: Callable[[str, str, int], str],
+    tls_for: Callable[[Any], ssl.SSLContext | None] = lambda pool: None,
 ) -> list[CheckTarget]:
     """One target per server of every pool with a ``health_check`` (config ``Pool`` objects).
 
@@ -62,7 +69,12 @@ def targets_from_pools(
             if path is not None:
                 spec = replace(spec, path=path)
             host, port = server.address.host, server.address.port
-            targets.append(CheckTarget(server_id(pool_name, host, port), host, port, spec))
+            tls = tls_for(pool)
+            pool_tls = getattr(pool, "tls", None)
+            name = (pool_tls.sni or host) if tls is not None and pool_tls is not None else None
+            targets.append(
+                CheckTarget(server_id(pool_name, host, port), host, port, spec, tls, name)
+            )
     return targets
 
 
@@ -133,7 +145,9 @@ class ActiveChecker:
     async def _check_forever(self, target: CheckTarget) -> None:
         await asyncio.sleep(first_check_delay(self._interval(target), self._rng))
         while True:
-            result = await probe(target.host, target.port, target.check)
+            result = await probe(
+                target.host, target.port, target.check, target.tls, target.server_hostname
+            )
             try:
                 self._on_result(target.server_id, result.ok, result.detail)
             except Exception:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ssl
 from typing import NamedTuple
 
 from maitred.health.spec import CheckSpec
@@ -59,14 +60,27 @@ def _connect_failure(exc: OSError) -> str:
     return f"connect failed: {exc.strerror or exc}"
 
 
-async def probe(host: str, port: int, spec: CheckSpec) -> CheckResult:
-    """Run one check of ``host:port`` as ``spec`` says; never raises for a failed check."""
+async def probe(
+    host: str,
+    port: int,
+    spec: CheckSpec,
+    tls: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+) -> CheckResult:
+    """Run one check of ``host:port`` as ``spec`` says (over TLS with ``tls``, as the
+    pool's traffic is); never raises for a failed check."""
     connected = False
     writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(spec.timeout):
             try:
-                reader, writer = await asyncio.open_connection(host, port, limit=_MAX_STATUS_LINE)
+                reader, writer = await asyncio.open_connection(
+                    host,
+                    port,
+                    limit=_MAX_STATUS_LINE,
+                    ssl=tls,
+                    server_hostname=server_hostname if tls is not None else None,
+                )
             except OSError as exc:
                 return CheckResult(False, _connect_failure(exc))
             connected = True
