@@ -283,3 +283,33 @@ def wait_for_requests(backend: BackendProcess, before: int, count: int) -> None:
     while backend.stats()["requests"] - before - polls - 1 < count:
         polls += 1
         assert time.monotonic() < deadline, "requests never reached the backend"
+
+
+def test_idempotent_request_to_a_frozen_server_is_retried_after_the_timeout(
+    own_backends: list[BackendProcess], balancer: BalancerFactory
+) -> None:
+    frozen, alive, _ = own_backends
+    config = f"""
+listeners:
+  - name: public
+    bind: 127.0.0.1:0
+    pool: web
+pools:
+  web:
+    timeouts: {{connect: 500ms, response: 300ms}}
+    servers:
+      - {server_line(frozen)}
+      - {server_line(alive)}
+"""
+    lb = balancer(config)
+    frozen.pause()
+    try:
+        # Round robin sends one of the two to the frozen server: it times out, then
+        # goes to the other; a POST there is not retried (it may have been acted on).
+        for _ in range(2):
+            assert http_request("127.0.0.1", lb.port, "GET", "/").header("X-Backend") == "f2"
+        statuses = [http_request("127.0.0.1", lb.port, "POST", "/upload").status for _ in range(4)]
+        assert 504 in statuses, statuses
+        assert set(statuses) <= {200, 504}
+    finally:
+        frozen.resume()

@@ -247,7 +247,9 @@ class Exchange:
         if self.response_begun:
             self.client.abort_truncated(self)
             return
-        self._failed(504, "server did not answer in time", nothing_sent=False, retry=False)
+        # An idempotent request may go to another server (a frozen server never
+        # answers); others fail here, as the server may have acted on them.
+        self._failed(504, "server did not answer in time", nothing_sent=False)
 
     def response_complete(self, conn: UpstreamConnection, reusable: bool) -> None:
         self.upstream = None
