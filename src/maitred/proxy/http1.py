@@ -575,7 +575,9 @@ class ClientConnection(asyncio.Protocol):
         self.deadline = Deadline(plane.loop, self._on_timeout)
         self.parsing: Exchange | None = None
         self.active: Exchange | None = None
-        self.queue: deque[Exchange] = deque()
+        # Pipelined requests waiting their turn; created on first use (an idle
+        # connection should cost as little memory as possible).
+        self.queue: deque[Exchange] | None = None
         self.paused = 0
         self.write_paused = False
         self.closing = False
@@ -634,11 +636,11 @@ class ClientConnection(asyncio.Protocol):
         self.transport = None
         self.closing = True
         self.deadline.cancel()
-        for exchange in (self.active, *self.queue):
+        for exchange in (self.active, *(self.queue or ())):
             if exchange is not None:
                 exchange.abandon()
         self.active = None
-        self.queue.clear()
+        self.queue = None
         for upstream in self.private_upstreams or ():
             upstream.close()
         self.plane.forget(self)
@@ -1007,6 +1009,8 @@ class ClientConnection(asyncio.Protocol):
             self._start(exchange, now)
         else:
             exchange.received_at = self.loop.time()
+            if self.queue is None:
+                self.queue = deque()
             self.queue.append(exchange)
             self.pause_reading(PAUSE_PIPELINE)
 
