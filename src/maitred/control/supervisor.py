@@ -59,9 +59,11 @@ class Supervisor:
         if base_dir is not None:
             self.worker.tls.base_dir = base_dir
         self.health = HealthControl(loop, self.worker)
-        self.warmup = ConnectionWarmup(loop, self.worker)
-        self.health.on_available.append(self.warmup.server_available)
-        if count > 1:
+        if count == 1:
+            # With several workers, each worker process warms its own connections.
+            self.warmup = ConnectionWarmup(loop, self.worker)
+            self.health.on_available.append(self.warmup.server_available)
+        else:
             self.processes = WorkerProcesses(loop, count, self.worker, self.health, base_dir)
             self.health.on_availability_change.append(self.processes.broadcast_availability)
         self.config = self.runtime.effective(self.file_config)
@@ -169,6 +171,9 @@ class Supervisor:
         worker = self.worker
         if worker is None:
             return False, {"reason": "starting"}
+        if self._stop.is_set():
+            # Draining: keepalived and orchestrators should move traffic away now.
+            return False, {"problems": ["stopping: draining in-flight requests"]}
         not_ready = []
         bound = self.processes.sockets if self.processes is not None else worker.listeners
         for listener in self.config.listeners:

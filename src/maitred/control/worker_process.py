@@ -26,6 +26,7 @@ import uvloop
 from maitred.balancing.base import LiveServer
 from maitred.config import Config
 from maitred.control.channel import MAX_MESSAGE, Message, encode, receive
+from maitred.control.warmup import ConnectionWarmup
 from maitred.control.worker import Worker
 from maitred.log import setup_logging
 from maitred.proxy.routing import ListenerSlot, OutcomeSink
@@ -100,6 +101,7 @@ async def serve(control: socket.socket, listeners: dict[str, socket.socket]) -> 
     worker.inherited = listeners
     policy = RemotePolicy(writer)
     worker.policy = policy
+    warmup = ConnectionWarmup(loop, worker)
     stop = asyncio.Event()
     # The supervisor decides when to stop; a terminal's Ctrl-C reaches it too.
     loop.add_signal_handler(signal.SIGINT, lambda: None)
@@ -118,9 +120,9 @@ async def serve(control: socket.socket, listeners: dict[str, socket.socket]) -> 
                 break
             kind = message.get("type")
             if kind == "config":
-                await apply(worker, policy, message)
+                await apply(worker, policy, message, warmup)
             elif kind == "available":
-                set_available(worker, policy, message["servers"])
+                set_available(worker, policy, message["servers"], warmup)
             elif kind == "stop":
                 break
         stop.set()
@@ -128,7 +130,7 @@ async def serve(control: socket.socket, listeners: dict[str, socket.socket]) -> 
     first = await receive(reader)
     if first is None or first.get("type") != "config":
         return 1
-    await apply(worker, policy, first)
+    await apply(worker, policy, first, warmup)
     log.info("worker %d serving", os.getpid())
     listening = loop.create_task(listen())
     reporting = loop.create_task(report())
@@ -142,18 +144,25 @@ async def serve(control: socket.socket, listeners: dict[str, socket.socket]) -> 
     return 0
 
 
-async def apply(worker: Worker, policy: RemotePolicy, message: Message) -> None:
+async def apply(
+    worker: Worker, policy: RemotePolicy, message: Message, warmup: ConnectionWarmup
+) -> None:
     policy.available = dict(message.get("available", {}))
     if message.get("base_dir"):
         worker.tls.base_dir = Path(message["base_dir"])
     worker.sticky_secret = bytes.fromhex(message.get("sticky_secret", ""))
-    await worker.apply(Config.model_validate(message["config"]))
-    set_available(worker, policy, policy.available)
+    config = Config.model_validate(message["config"])
+    await worker.apply(config)
+    set_available(worker, policy, policy.available, warmup)
+    warmup.apply(config)
 
 
-def set_available(worker: Worker, policy: RemotePolicy, available: dict[str, bool]) -> None:
+def set_available(
+    worker: Worker, policy: RemotePolicy, available: dict[str, bool], warmup: ConnectionWarmup
+) -> None:
     policy.available.update(available)
     now = worker.loop.time()
+    back: list[LiveServer] = []
     for pool in worker.pools.values():
         changed = False
         for server in pool.balancer.servers:
@@ -163,9 +172,12 @@ def set_available(worker: Worker, policy: RemotePolicy, available: dict[str, boo
                 if wanted:
                     server.available_since = now
                     server.consecutive_failures = 0
+                    back.append(server)
                 changed = True
         if changed:
             pool.balancer.refresh(now)
+    for server in back:
+        warmup.server_available(server)
 
 
 def main(argv: list[str] | None = None) -> int:
