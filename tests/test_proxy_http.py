@@ -329,3 +329,17 @@ pools:
     with connect("127.0.0.1", lb.port) as sock:
         assert keepalive_get(sock, "/other").status == 404
         assert keepalive_get(sock, "/app/x").status == 200
+
+
+def test_server_connections_close_after_max_requests(
+    backends: list[BackendProcess], balancer: BalancerFactory
+) -> None:
+    backend = backends[0]
+    extra = "    connection_pool: {max_requests: 2}\n"
+    lb = balancer(pool_yaml([backend.address], extra=extra))
+    before = backend.stats()["connections_accepted"]
+    with connect("127.0.0.1", lb.port) as sock:
+        for _ in range(6):
+            assert keepalive_get(sock, "/").status == 200
+    # Six requests, two per server connection; the /stats call itself is one more.
+    assert backend.stats()["connections_accepted"] - before - 1 == 3

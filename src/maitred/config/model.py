@@ -419,6 +419,8 @@ class ConnectionPoolSettings(_Frozen):
     min_idle: int = Field(default=0, ge=0)
     max_idle: int = Field(default=64, ge=0)
     idle_timeout: PositiveDuration = 60.0
+    #: Requests one server connection carries before it is closed (None: no limit).
+    max_requests: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _min_idle_fits(self) -> ConnectionPoolSettings:

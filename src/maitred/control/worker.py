@@ -197,6 +197,7 @@ class Worker:
                 conns.tls_context = tls_context
                 conns.max_idle = pool.connection_pool.max_idle
                 conns.idle_timeout = pool.connection_pool.idle_timeout
+            conns.max_requests = pool.connection_pool.max_requests or 0
             connections[live] = conns
         hash_on = pool.hash_on or ""
         runtime = PoolRuntime(

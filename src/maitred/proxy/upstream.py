@@ -60,6 +60,7 @@ class ServerConnections:
         "loop",
         "tls_context",
         "server_hostname",
+        "max_requests",
     )
 
     def __init__(
@@ -82,9 +83,15 @@ class ServerConnections:
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
         self.opened = 0
+        #: Requests one connection carries before it is closed (0: no limit).
+        self.max_requests = 0
 
     def give_back(self, conn: UpstreamConnection, now: float) -> None:
-        if len(self.idle) >= self.max_idle or conn.transport is None:
+        if (
+            len(self.idle) >= self.max_idle
+            or conn.transport is None
+            or (self.max_requests and conn.served >= self.max_requests)
+        ):
             conn.close()
             return
         conn.exchange = None
@@ -161,6 +168,7 @@ class UpstreamConnection(asyncio.Protocol):
         "until_close",
         "upgrade_value",
         "tunnel",
+        "served",
     )
 
     def __init__(self, servers: ServerConnections) -> None:
@@ -185,6 +193,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.until_close = False
         self.upgrade_value = b""
         self.tunnel = False
+        #: Requests this connection carried.
+        self.served = 0
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -226,6 +236,7 @@ class UpstreamConnection(asyncio.Protocol):
     def begin(self, exchange: Exchange, response_timeout: float, now: float) -> None:
         """Carry ``exchange``; the server must answer within ``response_timeout``."""
         self.exchange = exchange
+        self.served += 1
         self.got_bytes = False
         self.complete = False
         self.status = 0
