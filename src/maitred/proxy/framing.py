@@ -120,12 +120,20 @@ REASONS: dict[int, bytes] = {
 }
 
 
+# Fields a Connection header may not remove: the balancer needs them end to end.
+PROTECTED_FROM_CONNECTION = frozenset({b"host", b"x-request-id"})
+
+
 def connection_named_headers(value: bytes) -> list[bytes]:
     """The header names a Connection header lists besides its plain options."""
     names = []
     for token in value.split(b","):
         token = token.strip().lower()
-        if token and token not in CONNECTION_OPTIONS_WITHOUT_HEADER:
+        if (
+            token
+            and token not in CONNECTION_OPTIONS_WITHOUT_HEADER
+            and token not in PROTECTED_FROM_CONNECTION
+        ):
             names.append(token)
     return names
 

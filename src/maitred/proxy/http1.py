@@ -52,6 +52,8 @@ PAUSE_BUFFERING = 4  # body bytes are waiting for a connection to the server
 
 # Body bytes kept while the server connection is being opened, before pausing.
 MAX_PENDING_BODY = 256 * 1024
+# Requests read ahead of the one being answered, at most (then: close after them).
+MAX_PIPELINED = 32
 # A request is kept for a replay on a fresh connection up to this many bytes.
 MAX_REPLAY = 64 * 1024
 
@@ -191,15 +193,19 @@ class Exchange:
 
     # -- called by the upstream side ---------------------------------------------
 
-    def on_connect_done(self, task: asyncio.Task[UpstreamConnection]) -> None:
-        pool = self.pool
-        server = self.server
-        if task.cancelled() or pool is None or server is None:
+    def on_connect_done(
+        self, task: asyncio.Task[UpstreamConnection], servers: ServerConnections
+    ) -> None:
+        if task.cancelled():
             return
         exc = task.exception()
+        server = self.server
+        if self.finished or server is None:
+            # The client left while we were connecting: keep the connection for others.
+            if exc is None:
+                servers.give_back(task.result(), self.client.loop.time())
+            return
         if exc is not None:
-            if self.finished:
-                return
             if isinstance(exc, TimeoutError):
                 log.warning("connect to %s timed out", server.address)
                 self._failed(504, f"connect to server {server.id} timed out", nothing_sent=True)
@@ -212,12 +218,7 @@ class Exchange:
             # Closed right after connecting (e.g. a TLS server refused our certificate).
             self._failed(502, f"server {server.id} closed the connection", nothing_sent=True)
             return
-        now = self.client.loop.time()
-        if self.finished:
-            # The client left while we were connecting: keep the connection.
-            pool.connections[server].give_back(conn, now)
-            return
-        self._attach(conn, now)
+        self._attach(conn, self.client.loop.time())
 
     def upstream_lost(self, conn: UpstreamConnection, exc: Exception | None) -> None:
         if self.finished:
@@ -447,8 +448,11 @@ class Exchange:
         self.upstream = None
         if upstream is not None:
             upstream.abort()
+        client = self.client
+        if client.paused & PAUSE_UPSTREAM:
+            client.resume_reading(PAUSE_UPSTREAM)  # that connection will never drain
         failed = self.server
-        self._release(True, self.client.loop.time())
+        self._release(True, client.loop.time())
         if retry and failed is not None and self._retry_after(failed, nothing_sent):
             return
         self.client.answer_error(self, status, why)
@@ -846,6 +850,10 @@ class ClientConnection(asyncio.Protocol):
             raise Rejected
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.in_head:
+            # Trailer fields of a chunked body: never forwarded, and never part of
+            # the next request's head.
+            return
         self.head_size += len(name) + len(value) + 4
         if self.head_size > self.slot.runtime.max_header_size:
             self._reject(431, "request head too large")
@@ -863,7 +871,10 @@ class ClientConnection(asyncio.Protocol):
         elif kind == CONTENT_LENGTH:
             self.content_length = value
         elif kind == TRANSFER_ENCODING:
-            self.transfer_encoding = value
+            # Several fields form one list (RFC 9110 5.3): check the whole of it.
+            self.transfer_encoding = (
+                value if self.transfer_encoding is None else self.transfer_encoding + b"," + value
+            )
         elif kind == FORWARDED_FOR:
             self.forwarded_for = (
                 value if self.forwarded_for is None else self.forwarded_for + b", " + value
@@ -918,17 +929,23 @@ class ClientConnection(asyncio.Protocol):
         if len(self.parts) > 4 * runtime.max_headers:
             self._reject(431, "too many header fields")
             raise Rejected
+        if host is not None and not _valid_host(host):
+            self._reject(400, "invalid Host header")
+            raise Rejected
         url = self.url
         if url[:1] != b"/":
             url = self._origin_form(url, host)
             host = self.host
+        if b"#" in url:
+            self._reject(400, "a fragment is not part of a request target")
+            raise Rejected
 
         body_framing: bytes = b""
         if self.transfer_encoding is not None:
             if not http11:
                 self._reject(400, "Transfer-Encoding on HTTP/1.0")
                 raise Rejected
-            if self.transfer_encoding.strip().lower() != b"chunked":
+            if self.transfer_encoding.strip(b" ").lower() != b"chunked":
                 self._reject(501, "only the chunked transfer coding is supported")
                 raise Rejected
             exchange.request_chunked = True
@@ -1013,6 +1030,11 @@ class ClientConnection(asyncio.Protocol):
                 self.queue = deque()
             self.queue.append(exchange)
             self.pause_reading(PAUSE_PIPELINE)
+            if len(self.queue) >= MAX_PIPELINED:
+                # Answer what is queued, then close: a client may resend the rest
+                # (RFC 9112 9.3.2); parsing more would grow memory without bound.
+                self.closing = True
+                raise Rejected
 
     def _start(self, exchange: Exchange, now: float) -> None:
         self.starting = exchange
@@ -1165,6 +1187,14 @@ class ClientConnection(asyncio.Protocol):
     def _close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+
+_HOST_FORBIDDEN = frozenset(b" \t/\\@?#")
+
+
+def _valid_host(host: bytes) -> bool:
+    """uri-host [":" port] (RFC 9110 7.2): no spaces, paths, userinfo or queries."""
+    return not _HOST_FORBIDDEN.intersection(host)
 
 
 def _classify_parse_error(message: str) -> tuple[int, str]:

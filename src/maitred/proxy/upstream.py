@@ -44,6 +44,8 @@ BODY_CHUNKED = 2
 BODY_UNTIL_CLOSE = 3  # client is HTTP/1.0: relay raw, close after
 
 CHUNK_END = b"0\r\n\r\n"
+# An answer's head larger than this is refused (502), like a request's is (431).
+MAX_RESPONSE_HEAD = 64 * 1024
 CRLF = b"\r\n"
 
 
@@ -113,7 +115,7 @@ class ServerConnections:
         """Open a new connection for ``exchange``; the outcome is reported to it."""
         self.opened += 1
         task = self.loop.create_task(self._connect(timeout))
-        task.add_done_callback(exchange.on_connect_done)
+        task.add_done_callback(lambda done: exchange.on_connect_done(done, self))
 
     def warm(self, count: int, timeout: float) -> None:
         """Open connections until ``count`` are idle (pool warm-up), in the background."""
@@ -169,6 +171,9 @@ class UpstreamConnection(asyncio.Protocol):
         "upgrade_value",
         "tunnel",
         "served",
+        "transfer_codings",
+        "delivered",
+        "head_bytes",
     )
 
     def __init__(self, servers: ServerConnections) -> None:
@@ -195,6 +200,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.tunnel = False
         #: Requests this connection carried.
         self.served = 0
+        self.transfer_codings: list[bytes] = []
+        #: True once a byte of the current answer went to the client.
+        self.delivered = False
+        #: Bytes received while the answer's head is incomplete (bounded).
+        self.head_bytes = 0
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -238,6 +248,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange = exchange
         self.served += 1
         self.got_bytes = False
+        self.delivered = False
+        self.head_bytes = 0
         self.complete = False
         self.status = 0
         self._reset_head()
@@ -249,6 +261,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.has_request_id = False
         self.response_length = None
         self.chunked = False
+        self.transfer_codings = []
         self.until_close = False
         self.body_mode = BODY_NONE
 
@@ -280,6 +293,8 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.got_bytes = True
         self.deadline.touched = True  # inactivity timeout: still alive
+        if not self.status:
+            self.head_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as switched:
@@ -297,6 +312,10 @@ class UpstreamConnection(asyncio.Protocol):
                 return
             self._malformed(exchange, str(exc))
             return
+        if not self.status and self.head_bytes > MAX_RESPONSE_HEAD:
+            # Still no end of the head after this many bytes.
+            self._malformed(exchange, "answer head too large")
+            return
         self._deliver(exchange)
 
     def _deliver(self, exchange: Exchange) -> None:
@@ -304,6 +323,7 @@ class UpstreamConnection(asyncio.Protocol):
         out = self.out
         if out:
             self.out = []
+            self.delivered = True
             transport = exchange.client.transport
             if transport is not None:
                 transport.writelines(out)
@@ -315,6 +335,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _malformed(self, exchange: Exchange, why: str) -> None:
         log.warning("malformed answer from %s:%d: %s", self.servers.host, self.servers.port, why)
+        if self.out and not self.delivered:
+            # The head was parsed but nothing reached the client yet: a 502 is possible.
+            exchange.response_begun = False
         self.out = []
         self.abort()
         exchange.upstream_malformed(self, why)
@@ -336,8 +359,10 @@ class UpstreamConnection(asyncio.Protocol):
                 if named:
                     self.named_hop = (self.named_hop or []) + named
         elif kind == TRANSFER_ENCODING:
-            # llhttp frames by chunked exactly when it is the final coding.
-            self.chunked = value.rstrip().lower().endswith(b"chunked")
+            # Only plain chunked is relayed: the body is re-framed, so any other
+            # coding would reach the client undeclared (502 in on_headers_complete).
+            self.transfer_codings.append(value)
+            self.chunked = True
         elif kind == UPGRADE:
             self.upgrade_value = value
 
@@ -348,6 +373,13 @@ class UpstreamConnection(asyncio.Protocol):
             raise UnsolicitedAnswer  # a second answer to one request
         parser = self.parser
         status = parser.get_status_code()
+        if status > 599 or parser.get_http_version() not in ("1.1", "1.0"):
+            raise UnsolicitedAnswer  # malformed: 502
+        if (
+            self.transfer_codings
+            and b",".join(self.transfer_codings).strip(b" ").lower() != b"chunked"
+        ):
+            raise UnsolicitedAnswer  # a coding maitred does not relay: 502
         if status == 101:
             self._switching(exchange)
             return
@@ -355,7 +387,7 @@ class UpstreamConnection(asyncio.Protocol):
             # Interim answers: relay and keep waiting for the final one. 101 is
             # never seen here because Upgrade is stripped from requests.
             if exchange.client_http11:
-                self.out.append(status_line(status) + CRLF)
+                self.out.append(b"".join((status_line(status), *self.head_parts, CRLF)))
             self._reset_head()
             return
         if exchange.upgrade is not None:
@@ -378,7 +410,7 @@ class UpstreamConnection(asyncio.Protocol):
         client_close = exchange.close_after or exchange.client.closing
         if exchange.is_head or status == 204 or status == 304:
             self.body_mode = BODY_NONE
-            if self.response_length is not None:
+            if self.response_length is not None and status != 204:  # RFC 9110 8.6
                 head += (b"Content-Length: ", self.response_length, CRLF)
         elif self.response_length is not None:
             self.body_mode = BODY_LENGTH
