@@ -17,7 +17,7 @@ from tests.support.backends import (
     read_response,
     start_backends,
 )
-from tests.support.balancer import BalancerFactory, BalancerProcess
+from tests.support.balancer import BalancerFactory, BalancerProcess, pool_config
 from tests.support.load import SteadyLoad
 
 
@@ -165,18 +165,10 @@ def test_connect_failures_are_retried_and_the_dead_server_ejected(
     own_backends: list[BackendProcess], balancer: BalancerFactory
 ) -> None:
     dead = f"{{address: 127.0.0.1:{closed_port()}}}"
-    config = f"""
-listeners:
-  - name: public
-    bind: 127.0.0.1:0
-    pool: web
-pools:
-  web:
-    outlier_detection: {{consecutive_failures: 3, base_ejection_time: 30s}}
-    servers:
-      - {dead}
-      - {server_line(own_backends[0])}
-"""
+    config = pool_config(
+        [dead, server_line(own_backends[0])],
+        extra="    outlier_detection: {consecutive_failures: 3, base_ejection_time: 30s}\n",
+    )
     lb = balancer(config)
     # POST too: a connect failure means nothing was sent, so it is safe to retry.
     for method in ("GET", "POST") * 5:
@@ -188,19 +180,11 @@ def test_retry_budget_caps_retries(
     own_backends: list[BackendProcess], balancer: BalancerFactory
 ) -> None:
     dead = f"{{address: 127.0.0.1:{closed_port()}}}"
-    config = f"""
-listeners:
-  - name: public
-    bind: 127.0.0.1:0
-    pool: web
-pools:
-  web:
-    outlier_detection: {{enabled: false}}
-    retries: {{attempts: 2, budget_percent: 0, min_per_second: 1}}
-    servers:
-      - {dead}
-      - {server_line(own_backends[0])}
-"""
+    config = pool_config(
+        [dead, server_line(own_backends[0])],
+        extra="    outlier_detection: {enabled: false}\n"
+        "    retries: {attempts: 2, budget_percent: 0, min_per_second: 1}\n",
+    )
     lb = balancer(config)
     statuses = Counter(http_request("127.0.0.1", lb.port, "GET", "/").status for _ in range(40))
     # Round robin's turn moves on with each retry, so every request meets the dead
@@ -215,17 +199,10 @@ pools:
 def test_full_servers_queue_then_overflow_with_503(
     own_backends: list[BackendProcess], balancer: BalancerFactory
 ) -> None:
-    config = f"""
-listeners:
-  - name: public
-    bind: 127.0.0.1:0
-    pool: web
-pools:
-  web:
-    queue: {{size: 1, timeout: 5s}}
-    servers:
-      - {server_line(own_backends[0], ", max_connections: 1")}
-"""
+    config = pool_config(
+        [server_line(own_backends[0], ", max_connections: 1")],
+        extra="    queue: {size: 1, timeout: 5s}\n",
+    )
     lb = balancer(config)
     first = connect("127.0.0.1", lb.port)
     second = connect("127.0.0.1", lb.port)
@@ -251,17 +228,10 @@ pools:
 def test_queue_timeout_answers_503(
     own_backends: list[BackendProcess], balancer: BalancerFactory
 ) -> None:
-    config = f"""
-listeners:
-  - name: public
-    bind: 127.0.0.1:0
-    pool: web
-pools:
-  web:
-    queue: {{size: 10, timeout: 300ms}}
-    servers:
-      - {server_line(own_backends[0], ", max_connections: 1")}
-"""
+    config = pool_config(
+        [server_line(own_backends[0], ", max_connections: 1")],
+        extra="    queue: {size: 10, timeout: 300ms}\n",
+    )
     lb = balancer(config)
     with connect("127.0.0.1", lb.port) as first:
         before = own_backends[0].stats()["requests"]
@@ -289,18 +259,10 @@ def test_idempotent_request_to_a_frozen_server_is_retried_after_the_timeout(
     own_backends: list[BackendProcess], balancer: BalancerFactory
 ) -> None:
     frozen, alive, _ = own_backends
-    config = f"""
-listeners:
-  - name: public
-    bind: 127.0.0.1:0
-    pool: web
-pools:
-  web:
-    timeouts: {{connect: 500ms, response: 300ms}}
-    servers:
-      - {server_line(frozen)}
-      - {server_line(alive)}
-"""
+    config = pool_config(
+        [server_line(frozen), server_line(alive)],
+        extra="    timeouts: {connect: 500ms, response: 300ms}\n",
+    )
     lb = balancer(config)
     frozen.pause()
     try:

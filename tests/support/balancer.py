@@ -123,7 +123,14 @@ BalancerFactory = Callable[[str], BalancerProcess]
 
 
 def pool_yaml(addresses: list[str], algorithm: str = "round_robin", extra: str = "") -> str:
-    servers = "\n".join(f"      - {{address: {address}}}" for address in addresses)
+    """One listener on a free port, sending everything to pool ``web`` of ``addresses``."""
+    return pool_config([f"{{address: {address}}}" for address in addresses], algorithm, extra)
+
+
+def pool_config(servers: list[str], algorithm: str = "round_robin", extra: str = "") -> str:
+    """The same with each server written out (``{address: A, max_connections: 1}``);
+    ``extra`` holds pool settings, each line indented by four spaces."""
+    lines = "\n".join(f"      - {server}" for server in servers)
     return f"""
 listeners:
   - name: public
@@ -133,5 +140,5 @@ pools:
   web:
     algorithm: {algorithm}
 {extra}    servers:
-{servers}
+{lines}
 """
