@@ -11,7 +11,7 @@ from prometheus_client.samples import Sample
 from maitred.control.stats import error_share, percentile, percentiles_ms
 from maitred.proxy.routing import LATENCY_BUCKETS
 from tests.support.admin import admin_config, api, sid, spread
-from tests.support.backends import BackendProcess
+from tests.support.backends import BackendProcess, http_request
 from tests.support.balancer import BalancerFactory, BalancerProcess
 
 
@@ -121,3 +121,24 @@ def test_error_share_is_taken_between_two_samples() -> None:
     assert error_share(new, old) == pytest.approx(5 / 100)
     assert error_share(old, old) == 0.0
     assert error_share(new, None) == pytest.approx(15 / 200)
+
+
+def test_listener_counters_bytes_and_rate_limit_rejections(
+    backends: list[BackendProcess], balancer: BalancerFactory, tmp_path: Path
+) -> None:
+    config = admin_config(backends[:1], tmp_path / "state").replace(
+        "    pool: web\n", "    pool: web\n    rate_limit: {rate: 1, per: 1m, burst: 2}\n", 1
+    )
+    lb = balancer(config)
+    statuses = [http_request("127.0.0.1", lb.port, "GET", "/").status for _ in range(5)]
+    assert statuses == [200, 200, 429, 429, 429]
+    samples = scrape(lb)
+    rejected = samples["maitred_listener_rate_limited_requests"]
+    assert value(rejected, "maitred_listener_rate_limited_requests_total", listener="public") == 3
+    received = samples["maitred_listener_received_bytes"]
+    sent = samples["maitred_listener_sent_bytes"]
+    assert value(received, "maitred_listener_received_bytes_total", listener="public") > 5 * 30
+    # Two answers relayed from the server ("b1\n" bodies with their heads).
+    assert value(sent, "maitred_listener_sent_bytes_total", listener="public") > 2 * 40
+    handshakes = samples["maitred_listener_tls_handshakes"]
+    assert value(handshakes, "maitred_listener_tls_handshakes_total", listener="public") == 0

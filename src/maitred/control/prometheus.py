@@ -188,12 +188,33 @@ class BalancerCollector(Collector):
         yield from (requests, responses, active, weight, up, health_state, admin_state)
         yield from (ejections, transitions, failures)
         yield from (pool_requests, pool_responses, retries, queued, available, duration)
+        bytes_in = CounterMetricFamily(
+            "maitred_listener_received_bytes", "Bytes read from clients.", labels=["listener"]
+        )
+        bytes_out = CounterMetricFamily(
+            "maitred_listener_sent_bytes",
+            "Bytes of servers' answers relayed to clients.",
+            labels=["listener"],
+        )
+        handshakes = CounterMetricFamily(
+            "maitred_listener_tls_handshakes", "Completed TLS handshakes.", labels=["listener"]
+        )
+        rate_limited = CounterMetricFamily(
+            "maitred_listener_rate_limited_requests",
+            "Requests refused with 429 by a rate limit.",
+            labels=["listener"],
+        )
         for listener_name, bound in worker.listeners.items():
-            if not isinstance(bound.slot, ListenerSlot):
+            slot = bound.slot
+            if not isinstance(slot, ListenerSlot):
                 continue  # layer 4: the balancer answers nothing itself
             for index, code in enumerate(STATUS_CLASSES, start=1):
-                listener_own.add_metric([listener_name, code], bound.slot.own_answers[index])
-        yield from (pool_own, listener_own)
+                listener_own.add_metric([listener_name, code], slot.own_answers[index])
+            bytes_in.add_metric([listener_name], slot.bytes_in)
+            bytes_out.add_metric([listener_name], slot.bytes_out)
+            handshakes.add_metric([listener_name], slot.tls_handshakes)
+            rate_limited.add_metric([listener_name], slot.rate_limited)
+        yield from (pool_own, listener_own, bytes_in, bytes_out, handshakes, rate_limited)
         yield GaugeMetricFamily(
             "maitred_client_connections",
             "Open client connections.",

@@ -714,6 +714,7 @@ class ClientConnection(asyncio.Protocol):
             if len(self.tunnel_pending.tunnel_early) > MAX_PENDING_BODY:
                 self.pause_reading(PAUSE_BUFFERING)
             return
+        self.slot.bytes_in += len(data)
         if self.proxy_preface is not None:
             rest = self._read_proxy_header(data)
             if not rest:
@@ -1147,6 +1148,8 @@ class ClientConnection(asyncio.Protocol):
         exchange.finished = True
         exchange.response_begun = True
         self.slot.own_answers[status // 100] += 1
+        if status == 429:
+            self.slot.rate_limited += 1
         if exchange.pool is not None:
             exchange.pool.own_answers[status // 100] += 1
         transport = self.transport

@@ -169,7 +169,16 @@ class ListenerSlot:
     """What a client connection holds: the listener's current generation, and the
     listener's open connections (in total and per client address) across reloads."""
 
-    __slots__ = ("runtime", "open", "open_by_client", "own_answers")
+    __slots__ = (
+        "runtime",
+        "open",
+        "open_by_client",
+        "own_answers",
+        "bytes_in",
+        "bytes_out",
+        "tls_handshakes",
+        "rate_limited",
+    )
 
     def __init__(self, runtime: ListenerRuntime) -> None:
         self.runtime = runtime
@@ -177,6 +186,12 @@ class ListenerSlot:
         self.open_by_client: dict[str, int] = {}
         #: Answers the balancer gave itself (4xx, 502/503/504...) by status class.
         self.own_answers = [0] * 6
+        #: Bytes read from clients and relayed to them from servers.
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.tls_handshakes = 0
+        #: Requests refused with 429 by a rate limit.
+        self.rate_limited = 0
 
 
 def _host_without_port(host: bytes) -> bytes:

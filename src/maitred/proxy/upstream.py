@@ -324,7 +324,9 @@ class UpstreamConnection(asyncio.Protocol):
         if out:
             self.out = []
             self.delivered = True
-            transport = exchange.client.transport
+            client = exchange.client
+            client.slot.bytes_out += sum(map(len, out))
+            transport = client.transport
             if transport is not None:
                 transport.writelines(out)
         if self.complete:

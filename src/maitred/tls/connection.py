@@ -9,11 +9,18 @@ encryption call and 22 bytes of framing. Joining the pieces first makes it one.
 
 from __future__ import annotations
 
+import asyncio
+
 from maitred.proxy.http1 import ClientConnection
 
 
 class TlsClientConnection(ClientConnection):
     __slots__ = ()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # With asyncio's TLS, the protocol hears of a connection once its handshake is done.
+        self.slot.tls_handshakes += 1
+        super().connection_made(transport)
 
     def write_response(self, out: list[bytes]) -> None:
         transport = self.transport
