@@ -9,27 +9,16 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.backends import BackendProcess, build_request, connect, read_response
-from tests.support.balancer import BalancerFactory
+from tests.support.balancer import BalancerFactory, pool_config
 
 
 def weighted_pool(
     backends: list[BackendProcess], algorithm: str, weights: tuple[int, ...], extra: str = ""
 ) -> str:
-    servers = "\n".join(
-        f"      - {{address: {b.address}, weight: {w}}}"
-        for b, w in zip(backends, weights, strict=True)
-    )
-    return f"""
-listeners:
-  - name: public
-    bind: 127.0.0.1:0
-    pool: web
-pools:
-  web:
-    algorithm: {algorithm}
-{extra}    servers:
-{servers}
-"""
+    servers = [
+        f"{{address: {b.address}, weight: {w}}}" for b, w in zip(backends, weights, strict=True)
+    ]
+    return pool_config(servers, algorithm, extra)
 
 
 def spread(port: int, count: int, headers: dict[str, str] | None = None) -> Counter[str]:
