@@ -341,6 +341,12 @@ def test_proxy_protocol_v1_and_v2_are_reported(backend: BackendProcess) -> None:
     ]
 
 
+def test_malformed_proxy_header_is_refused(backend: BackendProcess) -> None:
+    with connect(backend.host, backend.port) as sock:
+        sock.sendall(b"PROXY TCP4 not-an-address 198.51.100.1 1 80\r\n" + build_request("GET", "/"))
+        assert read_response(sock).status == 400
+
+
 def _resident_megabytes(pid: int) -> float:
     with open(f"/proc/{pid}/status") as status:
         for line in status:

@@ -34,7 +34,6 @@ import base64
 import contextlib
 import hashlib
 import http
-import ipaddress
 import json
 import signal
 import socket
@@ -48,6 +47,9 @@ from urllib.parse import parse_qs
 
 import httptools
 
+from maitred.proxy import proxy_protocol
+from maitred.proxy.proxy_protocol import V1_PREFIX, V2_SIGNATURE, ProxyProtocolError
+
 PATTERN_PERIOD = 256
 # A whole number of periods, so every block after the first starts at pattern offset 0.
 _PATTERN_BLOCK = bytes(range(PATTERN_PERIOD)) * 1024
@@ -60,9 +62,6 @@ _MAX_GENERATED_BYTES = 1 << 40
 _MAX_DELAY_MS = 3_600_000
 _EMPTY_SHA256 = hashlib.sha256().hexdigest()
 _WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-_PROXY_V1_PREFIX = b"PROXY "
-_PROXY_V1_MAX_LENGTH = 107
-_PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 _NO_BODY_STATUSES = frozenset({204, 304})
 
 
@@ -202,47 +201,6 @@ def _int_param(
     if not low <= value <= high:
         raise _BadParameter(f"parameter {key} must be between {low} and {high}")
     return value
-
-
-def _parse_proxy_v1(line: bytes) -> dict[str, Any]:
-    parts = line.decode("ascii").split(" ")
-    if len(parts) >= 2 and parts[1] == "UNKNOWN":
-        return {"version": 1, "source": None, "destination": None}
-    if len(parts) != 6 or parts[1] not in ("TCP4", "TCP6"):
-        raise ValueError("malformed PROXY v1 header")
-    _, _, source, destination, source_port, destination_port = parts
-    ipaddress.ip_address(source)
-    ipaddress.ip_address(destination)
-    return {
-        "version": 1,
-        "source": format_address(source, int(source_port)),
-        "destination": format_address(destination, int(destination_port)),
-    }
-
-
-def _parse_proxy_v2(header: bytes) -> dict[str, Any]:
-    version_command, family = header[12], header[13]
-    if version_command >> 4 != 2:
-        raise ValueError("unsupported PROXY v2 version")
-    info: dict[str, Any] = {"version": 2, "source": None, "destination": None}
-    address_family, payload = family >> 4, header[16:]
-    if version_command & 0x0F != 1:  # LOCAL: the balancer's own connection, no address
-        return info
-    if address_family == 1 and len(payload) >= 12:
-        source, destination = (
-            socket.inet_ntop(socket.AF_INET, payload[0:4]),
-            socket.inet_ntop(socket.AF_INET, payload[4:8]),
-        )
-        source_port, destination_port = struct.unpack("!HH", payload[8:12])
-    elif address_family == 2 and len(payload) >= 36:
-        source = socket.inet_ntop(socket.AF_INET6, payload[0:16])
-        destination = socket.inet_ntop(socket.AF_INET6, payload[16:32])
-        source_port, destination_port = struct.unpack("!HH", payload[32:36])
-    else:
-        return info
-    info["source"] = format_address(source, source_port)
-    info["destination"] = format_address(destination, destination_port)
-    return info
 
 
 class BackendProtocol(asyncio.Protocol):
@@ -694,41 +652,29 @@ class BackendProtocol(asyncio.Protocol):
         """Strip a leading PROXY header; returns the HTTP bytes, or None to wait."""
         assert self._preface is not None
         buffered = self._preface + data
+        if not buffered.startswith((V1_PREFIX, V2_SIGNATURE)):
+            if V1_PREFIX.startswith(buffered) or V2_SIGNATURE.startswith(buffered):
+                self._preface = buffered  # too short to tell yet
+                return None
+            self._preface = None
+            return buffered
         try:
-            if buffered.startswith(_PROXY_V1_PREFIX):
-                end = buffered.find(b"\r\n")
-                if end < 0:
-                    if len(buffered) > _PROXY_V1_MAX_LENGTH:
-                        raise ValueError("PROXY v1 header too long")
-                    self._preface = buffered
-                    return None
-                self._proxy = _parse_proxy_v1(buffered[:end])
-                self._preface = None
-                return buffered[end + 2 :]
-            if buffered.startswith(_PROXY_V2_SIGNATURE):
-                if len(buffered) < 16:
-                    self._preface = buffered
-                    return None
-                total = 16 + struct.unpack("!H", buffered[14:16])[0]
-                if len(buffered) < total:
-                    self._preface = buffered
-                    return None
-                self._proxy = _parse_proxy_v2(buffered[:total])
-                self._preface = None
-                return buffered[total:]
-        except (ValueError, UnicodeDecodeError, OSError):
+            header = proxy_protocol.parse(buffered)
+        except ProxyProtocolError:
             self._parse_failed = True
             self._write(self._head(_closing_request(), 400, [("Content-Length", "0")]))
             self._close()
             return None
-        is_prefix = _PROXY_V1_PREFIX.startswith(buffered) or _PROXY_V2_SIGNATURE.startswith(
-            buffered
-        )
-        if is_prefix and len(buffered) < len(_PROXY_V2_SIGNATURE):
+        if header is None:
             self._preface = buffered
             return None
         self._preface = None
-        return buffered
+        self._proxy = {
+            "version": 1 if buffered.startswith(V1_PREFIX) else 2,
+            "source": header.source and format_address(*header.source),
+            "destination": header.destination and format_address(*header.destination),
+        }
+        return buffered[header.length :]
 
 
 def _closing_request() -> _Request:
