@@ -1,4 +1,4 @@
-"""The `maitred` command: run, check, demo, demo-backend."""
+"""The `maitred` command: run, check, demo, demo-backend, keepalived-config."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from pathlib import Path
 from maitred import __version__
 from maitred.config import Config, ConfigError, config_from_flags
 from maitred.config.file_checks import load_checked_config
+from maitred.control.keepalived import add_arguments as add_keepalived_arguments
+from maitred.control.keepalived import print_config as print_keepalived_config
 from maitred.log import setup_logging
 
 
@@ -36,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run the embedded demo: backends, balancer, admin")
     _add_logging_flags(demo)
 
+    keepalived = commands.add_parser(
+        "keepalived-config",
+        help="print a keepalived.conf for one node of an active-passive pair",
+    )
+    add_keepalived_arguments(keepalived)
+
     backend = commands.add_parser(
         "demo-backend", help="run one demo/test backend server", add_help=False
     )
@@ -54,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check":
         return _check(args.config)
+    if args.command == "keepalived-config":
+        return print_keepalived_config(args)
     if args.command == "demo-backend":
         from maitred.demo.backend import main as backend_main
 
