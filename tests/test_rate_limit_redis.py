@@ -1,16 +1,14 @@
 """The Redis store: its script on a real redis-server, and maitred processes sharing one.
 
-Each test starts its own redis-server (Debian package ``redis-server``) on a free
+Each test starts its own redis-server (tests/support/redis_server.py) on a free
 port in a temp dir; without the binary the tests are skipped.
 """
 
 from __future__ import annotations
 
 import asyncio
-import shutil
 import signal
 import socket
-import subprocess
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -20,67 +18,25 @@ import pytest
 pytest.importorskip("redis", reason="redis-py not installed (pip install 'redis[hiredis]')")
 
 # After the skip: these need redis-py.
-import redis  # noqa: E402
-
 from maitred.config.model import RateLimitStore  # noqa: E402
 from maitred.policies import rate_limit_redis  # noqa: E402
 from maitred.policies.rate_limit_redis import GCRA_SCRIPT, RedisStore, Reply, redacted  # noqa: E402
 from tests.support.backends import BackendProcess, Response, build_request, read_response  # noqa: E402
-from tests.support.balancer import BalancerFactory, BalancerProcess, LogFollower  # noqa: E402
-
-REDIS_SERVER = shutil.which("redis-server")
-pytestmark = pytest.mark.skipif(
-    REDIS_SERVER is None, reason="redis-server not installed (apt-get install redis-server)"
+from tests.support.balancer import BalancerFactory, BalancerProcess  # noqa: E402
+from tests.support.redis_server import (  # noqa: E402
+    RedisServer,
+    free_port,
+    requires_redis,
+    running_redis,
 )
 
-
-class RedisServer:
-    """A throwaway redis-server on 127.0.0.1, no persistence."""
-
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
-        self.workdir = workdir
-        self.port = port or free_port()
-        self.proc: subprocess.Popen[str] | None = None
-        self.start()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        assert REDIS_SERVER is not None
-        self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )  # fmt: skip
-        LogFollower(self.proc.stdout).wait_for("Ready to accept connections")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+pytestmark = requires_redis
 
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    workdir = tmp_path / "redis"
-    workdir.mkdir()
-    server = RedisServer(workdir)
-    yield server
-    server.kill()
+    with running_redis(tmp_path / "redis") as server:
+        yield server
 
 
 # -- the store and its script ----------------------------------------------------------

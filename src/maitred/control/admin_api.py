@@ -67,6 +67,7 @@ class AdminApi:
             ("POST", "/reload", self.reload),
             ("GET", "/config", self.get_config),
             ("GET", "/runtime", self.get_runtime),
+            ("GET", "/cluster", self.get_cluster),
             ("GET", "/openapi.json", self.openapi),
         ]
         for method, path, handler in routes:
@@ -173,12 +174,16 @@ class AdminApi:
             except BaseException:
                 runtime.leaving.pop(key, None)
                 raise
+        self.remove_after_drain(ref)
+        return no_content()
+
+    def remove_after_drain(self, ref: ServerRef) -> None:
+        """Remove ``ref`` (already in ``runtime.leaving``) once idle or at the drain timeout."""
         timeout = self.config.drain_timeout
         log.info("admin: server %s draining before removal (up to %ss)", ref.id, timeout)
         task = asyncio.get_running_loop().create_task(self._remove_when_idle(ref, timeout))
         self._drains.add(task)
         task.add_done_callback(self._drains.discard)
-        return no_content()
 
     async def _remove_when_idle(self, ref: ServerRef, timeout: float) -> None:
         loop = asyncio.get_running_loop()
@@ -306,6 +311,10 @@ class AdminApi:
                 ],
             },
         )
+
+    async def get_cluster(self, request: Request) -> Response:
+        cluster = self.supervisor.cluster
+        return json_response(200, cluster.status() if cluster is not None else {"enabled": False})
 
     async def openapi(self, request: Request) -> Response:
         return json_response(200, openapi_document())

@@ -495,6 +495,30 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/api/v1/cluster": {
+                "get": {
+                    "operationId": "getCluster",
+                    "summary": "Active-active: this instance's link to the cluster (cluster key)",
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["enabled"],
+                                "properties": {
+                                    "enabled": {"type": "boolean"},
+                                    "redis": {"type": "string", "enum": ["up", "down"]},
+                                    "node_id": {"type": "string"},
+                                    "peers": {"type": "array", "items": {"type": "string"}},
+                                    "version": {"type": "integer", "minimum": 0},
+                                    "pending_changes": {"type": "integer", "minimum": 0},
+                                },
+                            },
+                            "the cluster status ({enabled: false} without a cluster key)",
+                        ),
+                        "401": _UNAUTHORIZED,
+                    },
+                }
+            },
             "/api/v1/openapi.json": {
                 "get": {
                     "operationId": "getOpenApi",

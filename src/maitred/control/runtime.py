@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from maitred.config import Config
@@ -38,6 +39,8 @@ class RuntimeChanges:
         self.leaving: dict[tuple[str, str], ConfigData] = {}
         #: Conflicts between the file and the overlay found by the latest replay.
         self.conflicts: list[str] = []
+        #: Told (overlay before, overlay after) of each change committed here (cluster sharing).
+        self.on_commit: list[Callable[[Overlay, Overlay], None]] = []
 
     def _load(self) -> Overlay:
         try:
@@ -120,7 +123,14 @@ class RuntimeChanges:
     def candidate(self) -> Overlay:
         return self.overlay.copy()
 
-    async def commit(self, overlay: Overlay) -> None:
-        """Write ``overlay`` to the state file (atomically), then make it current."""
+    async def commit(self, overlay: Overlay, *, notify: bool = True) -> None:
+        """Write ``overlay`` to the state file (atomically), then make it current.
+
+        ``notify=False`` for changes that came from the cluster: they are not told
+        to ``on_commit``, so they are never published again (no echo loop).
+        """
         await asyncio.to_thread(save_overlay, self.path, overlay)
-        self.overlay = overlay
+        previous, self.overlay = self.overlay, overlay
+        if notify:
+            for listener in self.on_commit:
+                listener(previous, overlay)

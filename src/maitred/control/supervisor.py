@@ -18,6 +18,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from maitred.config import Config, ConfigError
 from maitred.config.file_checks import base_dir_of, load_checked_config
 from maitred.control.admin import AdminServer
+from maitred.control.cluster import ClusterLink
 from maitred.control.health import HealthControl
 from maitred.control.overlay import resolve_state_file
 from maitred.control.processes import WorkerProcesses, worker_count
@@ -46,6 +47,8 @@ class Supervisor:
         self.warmup: ConnectionWarmup | None = None
         self.admin: AdminServer | None = None
         self.tls_watch: FileWatcher | None = None
+        #: With `cluster`: runtime changes shared with the other instances (active-active).
+        self.cluster: ClusterLink | None = None
         self._stop = asyncio.Event()
         self._reloading: asyncio.Task[bool] | None = None
         #: Called once listeners are bound (tests and `maitred demo` use it).
@@ -78,6 +81,12 @@ class Supervisor:
             if self.processes is not None:
                 self.admin.collector.sources.append(self._worker_metrics)
             await self.admin.start(self.config.admin.bind.host, self.config.admin.bind.port)
+        if self.file_config.cluster is not None:
+            # After the admin API: servers the cluster removed drain through it.
+            self.cluster = ClusterLink(self.file_config.cluster, self)
+            await self.cluster.start()
+            if self.admin is not None:
+                self.admin.collector.sources.append(self.cluster.collect)
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
@@ -111,6 +120,8 @@ class Supervisor:
             return [str(problem) for problem in exc.problems]
         for warning in warnings:
             log.warning("%s", warning)
+        if self.cluster is not None and config.cluster != self.cluster.settings:
+            log.warning("cluster settings changed: they take effect at the next restart")
         async with self.runtime.lock:
             effective = self.runtime.effective(config)
             try:
@@ -140,6 +151,8 @@ class Supervisor:
 
     async def _shutdown(self) -> int:
         assert self.worker is not None
+        if self.cluster is not None:
+            await self.cluster.close()
         log.info("stopping: draining in-flight requests (up to %ss)", self.config.drain_timeout)
         if self.processes is not None:
             drained = await self.processes.stop(self.config.drain_timeout)
