@@ -12,7 +12,7 @@ import math
 import random
 from collections.abc import Collection, Sequence
 
-from maitred.balancing.base import ActiveWatcher, LiveServer
+from maitred.balancing.base import ActiveWatcher, LiveServer, RemoteLoad
 from maitred.balancing.common import BalancingStrategy
 from maitred.balancing.hash_key import Headers, key_function
 from maitred.balancing.hashing import ConsistentHash, IpHash
@@ -83,6 +83,9 @@ class Balancer:
         #: The servers a request may go to right now.
         self.eligible: tuple[LiveServer, ...] = ()
         self._next_ramp_at = math.inf
+        #: The other worker processes' load on these servers (None: this process alone).
+        self.remote_load: RemoteLoad | None = None
+        self._remote_due = -math.inf
         self.set_servers(servers, now)
 
     @property
@@ -118,6 +121,10 @@ class Balancer:
         exclude: Collection[LiveServer] = (),
     ) -> LiveServer | None:
         """The server for one request, never one of ``exclude``; None when none is eligible."""
+        remote = self.remote_load
+        if remote is not None and now >= self._remote_due:
+            self._remote_due = now + remote.refresh_interval
+            remote.refresh(self.eligible)
         if now >= self._next_ramp_at:
             self.strategy.rebuild(self.eligible, now)
             self._next_ramp_at = next_ramp_step(self.eligible, now, self.strategy.slow_start)

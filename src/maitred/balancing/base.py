@@ -10,10 +10,21 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
-#: Told ``(server, delta)`` after every change of ``LiveServer.active``.
+#: Told ``(server, delta)`` after every change of ``LiveServer.load``.
 ActiveWatcher = Callable[["LiveServer", int], None]
+
+
+class RemoteLoad(Protocol):
+    """Where the active requests of other processes serving the same pools come from
+    (worker processes publish theirs in shared memory). The ``Balancer`` asks for
+    them at most every ``refresh_interval`` seconds, from ``pick``."""
+
+    refresh_interval: float
+
+    def refresh(self, servers: Sequence[LiveServer]) -> None:
+        """Call ``set_others_active`` on each of ``servers`` with its current figure."""
 
 
 class LiveServer:
@@ -29,6 +40,12 @@ class LiveServer:
     every change through ``active_watcher`` and stay O(log n) per request
     instead of scanning the pool. The ``Balancer`` that owns the server sets
     the watcher; everyone else just does ``server.active += 1``.
+
+    With several worker processes, ``others_active`` is what the other workers
+    have in flight on the server (``set_others_active``), ``load`` the sum of
+    both: strategies that balance by load read ``load``. ``active_mirror``,
+    when set, receives every new value of ``active`` at ``active_mirror_index``
+    (this worker's cell in shared memory, where the others read it).
     """
 
     __slots__ = (
@@ -39,6 +56,10 @@ class LiveServer:
         "backup",
         "available",
         "_active",
+        "others_active",
+        "load",
+        "active_mirror",
+        "active_mirror_index",
         "active_watcher",
         "available_since",
         "ewma",
@@ -68,6 +89,10 @@ class LiveServer:
         self.available = available
         self.available_since = available_since
         self._active = 0
+        self.others_active = 0
+        self.load = 0
+        self.active_mirror: memoryview | None = None
+        self.active_mirror_index = 0
         self.active_watcher: ActiveWatcher | None = None
         self.requests = 0
         # Peak-EWMA response time in seconds (0.0 = no sample yet) and when it was updated.
@@ -90,9 +115,23 @@ class LiveServer:
     def active(self, value: int) -> None:
         delta = value - self._active
         self._active = value
+        self.load += delta
+        mirror = self.active_mirror
+        if mirror is not None:
+            mirror[self.active_mirror_index] = value
         watcher = self.active_watcher
         if watcher is not None:
             watcher(self, delta)
+
+    def set_others_active(self, value: int) -> None:
+        """The other worker processes now have ``value`` requests in flight here."""
+        delta = value - self.others_active
+        if delta:
+            self.others_active = value
+            self.load += delta
+            watcher = self.active_watcher
+            if watcher is not None:
+                watcher(self, delta)
 
     @property
     def address(self) -> str:

@@ -59,7 +59,7 @@ class _HashStrategy(BalancingStrategy):
             shares[ring.owner_of[server]] = self.effective_weight(server, now)
         self._shares = shares
         self._total_weight = sum(shares)
-        self._total_active = sum(server.active for server in servers)
+        self._total_active = sum(server.load for server in servers)
 
     def pick(self, key: str | None, now: float) -> LiveServer | None:
         return self._walk(key, ())
@@ -87,7 +87,7 @@ class _HashStrategy(BalancingStrategy):
             share = shares[owner]
             if share:
                 server = members[owner]
-                if server.active < allowance * share and server not in exclude:
+                if server.load < allowance * share and server not in exclude:
                     return server
             index = index + 1 if index + 1 < size else 0
         return None

@@ -57,7 +57,7 @@ class LeastResponseTime(ScoredStrategy):
 
     def score(self, entry: HeapEntry) -> float:
         server = entry.server
-        active = server.active
+        active = server.load
         if server.ewma > 0.0:
             # log(ewma × exp(-(now - stamp) / tau) × (active + 1) / weight) + now / tau
             return (

@@ -50,6 +50,6 @@ class PowerOfTwoChoices(_SamplingStrategy):
         first = self._sampler.draw(self.rng)
         second = self._sampler.draw_other(self.rng, first)
         weights = self._weights
-        if servers[second].active / weights[second] < servers[first].active / weights[first]:
+        if servers[second].load / weights[second] < servers[first].load / weights[first]:
             return servers[second]
         return servers[first]

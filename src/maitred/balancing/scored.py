@@ -86,7 +86,7 @@ class LeastConnections(ScoredStrategy):
     name = "least_connections"
 
     def score(self, entry: HeapEntry) -> float:
-        return entry.server.active / entry.weight
+        return entry.server.load / entry.weight
 
 
 class WeightedLeastConnections(LeastConnections):

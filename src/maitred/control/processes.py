@@ -11,7 +11,15 @@ kernel-specific code.)
 Configuration and server availability flow down the control channel; the
 workers' counters flow up and are summed into the supervisor's mirror of the
 pools (a ``Worker`` that serves nothing), so the admin API, /metrics and the
-health checks see all workers as one. A reload that keeps the listeners is
+health checks see all workers as one (per-listener counters included:
+``listener_counters``).
+
+Two decisions are shared through memory rather than the channel, because they
+are taken per request (``control.shared_state``): the active requests per
+server (least connections and the other load-aware strategies count every
+worker's requests) and, without a ``rate_limit_store``, the rate limit table.
+
+A reload that keeps the listeners is
 applied by the running workers; one that changes them starts a new generation
 of workers on the new sockets and drains the old one (bounded by
 ``drain_timeout``).
@@ -31,6 +39,7 @@ from typing import Any
 from maitred.config import Config, Listener
 from maitred.control.channel import MAX_MESSAGE, Message, encode, receive
 from maitred.control.health import HealthControl
+from maitred.control.shared_state import SupervisorShared
 from maitred.control.worker import Worker
 from maitred.log import current as current_logging
 
@@ -67,6 +76,19 @@ class WorkerProcess:
     reader: asyncio.StreamReader
     stopping: bool = False
     last: Message = field(default_factory=dict)
+    #: Its row of the shared active counts (-1: none was free).
+    row: int = -1
+
+
+@dataclass(slots=True)
+class ListenerCounters:
+    """A listener's counters summed over worker processes (as ``ListenerSlot`` names them)."""
+
+    own_answers: list[int] = field(default_factory=lambda: [0] * 6)
+    bytes_in: int = 0
+    bytes_out: int = 0
+    tls_handshakes: int = 0
+    rate_limited: int = 0
 
 
 class WorkerProcesses:
@@ -92,6 +114,9 @@ class WorkerProcesses:
         #: Counters of workers that are gone, so the sums never go backwards.
         self._retired: list[Message] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.shared = SupervisorShared(count)
+        #: Per listener name, summed over workers (running and gone).
+        self.listener_counters: dict[str, ListenerCounters] = {}
 
     # -- configuration -----------------------------------------------------------
 
@@ -99,10 +124,11 @@ class WorkerProcesses:
         """Start workers, or give the running ones ``config`` (a new generation
         when the listeners change)."""
         self.config = config
+        self.shared.apply(config)
         wanted = {listener.name: str(listener.bind) for listener in config.listeners}
         if self.workers and wanted == self.binds:
             for worker in self.workers:
-                self._send(worker, self._config_message())
+                self._send(worker, self._config_message(worker))
             return
         old_sockets = self.sockets
         sockets: dict[str, socket.socket] = {}
@@ -125,9 +151,10 @@ class WorkerProcesses:
             if sockets.get(name) is not sock:
                 sock.close()
 
-    def _config_message(self) -> Message:
+    def _config_message(self, worker: WorkerProcess) -> Message:
         assert self.config is not None
         return {
+            "shared": self.shared.message(worker.row),
             "type": "config",
             "config": self.config.to_dict(),
             "available": self._availability(),
@@ -166,7 +193,8 @@ class WorkerProcesses:
         theirs.close()
         reader, writer = await asyncio.open_connection(sock=ours, limit=MAX_MESSAGE)
         worker = WorkerProcess(index, self.generation, process, writer, reader)
-        self._send(worker, self._config_message())
+        worker.row = self.shared.row_assigner.acquire()
+        self._send(worker, self._config_message(worker))
         log.info("worker %d started (pid %d)", index, process.pid)
         self._track(self.loop.create_task(self._listen(worker)))
         return worker
@@ -187,6 +215,8 @@ class WorkerProcesses:
             elif kind == "outcome":
                 self._outcome(message)
         code = await worker.process.wait()
+        self.shared.worker_exited(worker.row)
+        worker.row = -1
         if worker.last:
             self._retired.append(worker.last)
             worker.last = {}
@@ -229,6 +259,8 @@ class WorkerProcesses:
         for worker in workers:
             if worker.process.returncode is None:
                 worker.process.kill()
+        if not pending:
+            self.shared.close()
         return not pending
 
     # -- what the workers report ---------------------------------------------------
@@ -264,6 +296,16 @@ class WorkerProcesses:
                 server.active = sum(row[1] for row in live)
                 server.answers = _sum_lists([row[2] for row in rows], 6)
                 server.latency_sum = sum(row[3] for row in rows)
+        listeners: dict[str, ListenerCounters] = {}
+        for report in reports:
+            for name, row in report.get("listeners", {}).items():
+                total = listeners.setdefault(name, ListenerCounters())
+                total.own_answers = _sum_lists([total.own_answers, row[0]], 6)
+                total.bytes_in += row[1]
+                total.bytes_out += row[2]
+                total.tls_handshakes += row[3]
+                total.rate_limited += row[4]
+        self.listener_counters = listeners
 
     def accepted_by_worker(self) -> dict[int, int]:
         """Client connections each running worker accepted (by worker index)."""

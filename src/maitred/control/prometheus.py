@@ -34,7 +34,7 @@ Names (labels in braces):
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import (
@@ -204,10 +204,7 @@ class BalancerCollector(Collector):
             "Requests refused with 429 by a rate limit.",
             labels=["listener"],
         )
-        for listener_name, bound in worker.listeners.items():
-            slot = bound.slot
-            if not isinstance(slot, ListenerSlot):
-                continue  # layer 4: the balancer answers nothing itself
+        for listener_name, slot in _listener_counters(self.supervisor):
             for index, code in enumerate(STATUS_CLASSES, start=1):
                 listener_own.add_metric([listener_name, code], slot.own_answers[index])
             bytes_in.add_metric([listener_name], slot.bytes_in)
@@ -225,6 +222,27 @@ class BalancerCollector(Collector):
         yield info
         for source in self.sources:
             yield from source()
+
+
+class ListenerFigures(Protocol):
+    """A listener's counters: a ``ListenerSlot``, or their sum over worker processes."""
+
+    own_answers: list[int]
+    bytes_in: int
+    bytes_out: int
+    tls_handshakes: int
+    rate_limited: int
+
+
+def _listener_counters(supervisor: Supervisor) -> Iterator[tuple[str, ListenerFigures]]:
+    """Each HTTP listener's counters: this process's, or summed over worker processes."""
+    if supervisor.processes is not None:
+        yield from supervisor.processes.listener_counters.items()
+        return
+    assert supervisor.worker is not None
+    for name, bound in supervisor.worker.listeners.items():
+        if isinstance(bound.slot, ListenerSlot):  # layer 4: nothing answered by the balancer
+            yield name, bound.slot
 
 
 def _cumulative_buckets(counts: list[int]) -> list[tuple[str, float]]:

@@ -26,6 +26,7 @@ import uvloop
 from maitred.balancing.base import LiveServer
 from maitred.config import Config
 from maitred.control.channel import MAX_MESSAGE, Message, encode, receive
+from maitred.control.shared_state import WorkerShared
 from maitred.control.warmup import ConnectionWarmup
 from maitred.control.worker import Worker
 from maitred.log import setup_logging
@@ -79,9 +80,15 @@ def counters(worker: Worker) -> Message:
                 server.latency_sum,
             ]
     listeners = {
-        name: bound.slot.own_answers
+        name: [
+            slot.own_answers,
+            slot.bytes_in,
+            slot.bytes_out,
+            slot.tls_handshakes,
+            slot.rate_limited,
+        ]
         for name, bound in worker.listeners.items()
-        if isinstance(bound.slot, ListenerSlot)
+        if isinstance(slot := bound.slot, ListenerSlot)
     }
     return {
         "type": "counters",
@@ -101,6 +108,7 @@ async def serve(control: socket.socket, listeners: dict[str, socket.socket]) -> 
     worker.inherited = listeners
     policy = RemotePolicy(writer)
     worker.policy = policy
+    shared = WorkerShared()
     warmup = ConnectionWarmup(loop, worker)
     stop = asyncio.Event()
     # The supervisor decides when to stop; a terminal's Ctrl-C reaches it too.
@@ -120,7 +128,7 @@ async def serve(control: socket.socket, listeners: dict[str, socket.socket]) -> 
                 break
             kind = message.get("type")
             if kind == "config":
-                await apply(worker, policy, message, warmup)
+                await apply(worker, policy, message, warmup, shared)
             elif kind == "available":
                 set_available(worker, policy, message["servers"], warmup)
             elif kind == "stop":
@@ -130,7 +138,7 @@ async def serve(control: socket.socket, listeners: dict[str, socket.socket]) -> 
     first = await receive(reader)
     if first is None or first.get("type") != "config":
         return 1
-    await apply(worker, policy, first, warmup)
+    await apply(worker, policy, first, warmup, shared)
     log.info("worker %d serving", os.getpid())
     listening = loop.create_task(listen())
     reporting = loop.create_task(report())
@@ -145,8 +153,14 @@ async def serve(control: socket.socket, listeners: dict[str, socket.socket]) -> 
 
 
 async def apply(
-    worker: Worker, policy: RemotePolicy, message: Message, warmup: ConnectionWarmup
+    worker: Worker,
+    policy: RemotePolicy,
+    message: Message,
+    warmup: ConnectionWarmup,
+    shared: WorkerShared,
 ) -> None:
+    # Slots and tables first: the pools built next bind their servers to them.
+    worker.shared_load = shared.apply(message["shared"])
     policy.available = dict(message.get("available", {}))
     if message.get("base_dir"):
         worker.tls.base_dir = Path(message["base_dir"])

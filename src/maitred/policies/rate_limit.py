@@ -12,6 +12,10 @@ reload that keeps those keeps the counts; changing any of them starts afresh.
 The registry holds tables weakly, so a limit removed from the configuration
 is freed once no request of an older generation uses it.
 
+With several worker processes and no store, decisions come from a table in
+shared memory (``use_shared_table``, :mod:`maitred.policies.rate_limit_shared`),
+so a limit holds across workers; a single process keeps its own tables.
+
 With a ``rate_limit_store`` (``configure_store``), decisions come from Redis
 (:mod:`maitred.policies.rate_limit_redis`): ``admit`` holds the request and
 resumes it when Redis answers, within a round trip.
@@ -37,6 +41,7 @@ from maitred.policies.rate_limit_client import (
     header_values,
 )
 from maitred.policies.rate_limit_headers import policy_item, quoted, ratelimit_item, retry_after
+from maitred.policies.rate_limit_shared import SharedLimit, SharedRateTable
 from maitred.policies.rate_limit_table import LimitKey, LocalLimiter
 from maitred.proxy.routing import RequestPolicy
 
@@ -51,6 +56,7 @@ __all__ = [
     "close_store",
     "configure_store",
     "current_store",
+    "use_shared_table",
 ]
 
 log = logging.getLogger("maitred.rate_limit")
@@ -75,6 +81,7 @@ class AppliedLimit:
     policy_item: bytes
     redis_prefix: bytes
     redis_args: tuple[int, int]
+    shared: SharedLimit
 
 
 class RateLimitPolicy:
@@ -86,6 +93,7 @@ class RateLimitPolicy:
         "headers",
         "policy_line",
         "redis_args",
+        "shared_limits",
         "_head_start",
         "_by_address",
     )
@@ -96,6 +104,7 @@ class RateLimitPolicy:
         self.headers = any(limit.headers for limit in limits)
         self.policy_line = b", ".join(limit.policy_item for limit in limits if limit.headers)
         self.redis_args = [arg for limit in limits for arg in limit.redis_args]
+        self.shared_limits = [limit.shared for limit in limits]
         # Each limit's answer headers up to its remaining count, built once.
         self._head_start = [
             b"RateLimit-Policy: %s\r\nRateLimit: %s;r=" % (self.policy_line, quoted(limit.name))
@@ -147,6 +156,13 @@ class RateLimitPolicy:
     # -- deciding --------------------------------------------------------------------
 
     def _local(self, exchange: Exchange, keys: list[LimitKey], now: float) -> bool:
+        shared = _shared_table
+        if shared is not None:
+            # On the host's clock, read by the table: one clock for every worker.
+            decisions, admitted = shared.decide(
+                self.shared_limits, [_as_bytes(key) for key in keys]
+            )
+            return self._answer(exchange, decisions, admitted)
         now_ns = to_nanoseconds(now)
         limits = self.limits
         if len(limits) == 1:
@@ -290,7 +306,24 @@ def _applied(name: str, scope: tuple[object, ...], settings: RateLimit) -> Appli
         policy_item=policy_item(name, rate),
         redis_prefix=REDIS_KEY_PREFIX + digest.encode() + b":",
         redis_args=(max(1, rate.interval // 1000), rate.burst),
+        shared=SharedLimit(rate, bytes.fromhex(digest)),
     )
+
+
+# -- the table shared by worker processes -------------------------------------------
+
+_shared_table: SharedRateTable | None = None
+
+
+def use_shared_table(table: SharedRateTable | None) -> None:
+    """Decide in ``table`` (shared with the other worker processes) from now on, when
+    no ``rate_limit_store`` is configured; None: in this process's own tables."""
+    global _shared_table
+    _shared_table = table
+
+
+def shared_table() -> SharedRateTable | None:
+    return _shared_table
 
 
 # -- the shared store ----------------------------------------------------------------
