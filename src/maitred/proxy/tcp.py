@@ -16,6 +16,7 @@ from maitred.balancing.base import LiveServer
 from maitred.proxy.deadline import Deadline
 from maitred.proxy.proxy_protocol import header_v1, header_v2
 from maitred.proxy.routing import PoolRuntime
+from maitred.proxy.tcp_splice import adopt
 
 if TYPE_CHECKING:
     from maitred.proxy.http1 import DataPlane
@@ -28,20 +29,27 @@ MAX_EARLY_BYTES = 256 * 1024  # kept while the server connection opens, then rea
 class TcpListenerRuntime:
     """What a TCP listener's connections read; swapped whole on reload."""
 
-    __slots__ = ("name", "pool", "idle_timeout", "connect_attempts")
+    __slots__ = ("name", "pool", "idle_timeout", "connect_attempts", "zero_copy")
 
-    def __init__(self, name: str, pool: PoolRuntime, idle_timeout: float) -> None:
+    def __init__(
+        self, name: str, pool: PoolRuntime, idle_timeout: float, zero_copy: bool = False
+    ) -> None:
         self.name = name
         self.pool = pool
         self.idle_timeout = idle_timeout
         self.connect_attempts = pool.retry_attempts + 1
+        #: Relay with splice(2) (tcp_splice.py) rather than through transports.
+        self.zero_copy = zero_copy
 
 
 class TcpSlot:
-    __slots__ = ("runtime",)
+    __slots__ = ("runtime", "bytes_in", "bytes_out")
 
     def __init__(self, runtime: TcpListenerRuntime) -> None:
         self.runtime = runtime
+        #: Bytes relayed from clients to servers and back, over the listener's life.
+        self.bytes_in = 0
+        self.bytes_out = 0
 
 
 class TcpClient(asyncio.Protocol):
@@ -60,10 +68,15 @@ class TcpClient(asyncio.Protocol):
         self.client_address: tuple[str, int] = ("", 0)
         self.local_address: tuple[str, int] = ("", 0)
         self.deadline = Deadline(loop, self._idle_too_long)
+        self.spliced = False  # handed to a SpliceRelay; this protocol is done
 
     # -- client side ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.runtime.zero_copy:
+            self.spliced = True
+            adopt(transport, self.slot, self.loop, self.plane)  # type: ignore[arg-type]
+            return
         self.transport = transport  # type: ignore[assignment]
         self.plane.connections.add(self)
         self.plane.accepted += 1
@@ -76,6 +89,7 @@ class TcpClient(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.deadline.touched = True
+        self.slot.bytes_in += len(data)
         upstream = self.upstream
         if upstream is not None and upstream.transport is not None:
             upstream.transport.write(data)
@@ -101,6 +115,8 @@ class TcpClient(asyncio.Protocol):
         timeout or until either side ends it."""
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.spliced:
+            return
         self.transport = None
         self.deadline.cancel()
         self.plane.forget(self)
@@ -199,6 +215,7 @@ class TcpClient(asyncio.Protocol):
 
     def server_data(self, data: bytes) -> None:
         self.deadline.touched = True
+        self.slot.bytes_out += len(data)
         if self.transport is not None:
             self.transport.write(data)
 
