@@ -196,6 +196,8 @@ def test_to_dict_is_plain_json_with_seconds_and_address_strings() -> None:
     assert data["listeners"][0]["timeouts"] == {
         "client_header": 10.0,
         "client_body": 30.0,
+        "client_body_min_rate": None,
+        "client_body_min_rate_grace": 10.0,
         "idle": 60.0,
         "tunnel": 3600.0,
     }

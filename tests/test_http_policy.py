@@ -266,7 +266,6 @@ H = b"Host: a\r\n"
             "double-space",
             b"GET  / HTTP/1.1\r\n" + H + b"\r\n",
             400,
-            bug="accepted and forwarded as 'GET / HTTP/1.1' (llhttp skips repeated spaces)",
         ),
         case("tab-separator", b"GET\t/ HTTP/1.1\r\n" + H + b"\r\n", 400),
         case("space-after-version", b"GET / HTTP/1.1 \r\n" + H + b"\r\n", 400),
@@ -290,13 +289,11 @@ def test_r_line_invalid_request_line_is_400(
             "unknown-method",
             b"FROB / HTTP/1.1\r\n" + H + b"\r\n",
             501,
-            bug="answered 400 'invalid method': llhttp knows a fixed list of methods",
         ),
         case(
             "lowercase-method",
             b"get / HTTP/1.1\r\n" + H + b"\r\n",
             501,
-            bug="answered 400 'invalid method' (methods are case-sensitive tokens)",
         ),
     ],
 )
@@ -368,13 +365,11 @@ def test_r_version_other_than_1_0_and_1_1_is_505(
             "bare-cr-before-request-line",
             b"\rGET / HTTP/1.1\r\nHost: a\r\n\r\n",
             400,
-            bug="accepted: llhttp skips a lone CR before the request line (found by fuzzing)",
         ),
         case(
             "bare-lf-before-request-line",
             b"\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
             400,
-            bug="accepted: llhttp skips a lone LF before the request line (found by fuzzing)",
         ),
     ],
 )
@@ -382,6 +377,53 @@ def test_r_crlf_bare_cr_or_lf_in_the_head_is_400(
     lb: BalancerProcess, recorder: RecordingServer, raw: bytes, status: int
 ) -> None:
     assert_rejected(lb, recorder, raw, status)
+
+
+@pytest.mark.parametrize(
+    "between",
+    [
+        pytest.param(b"\n", id="lf-after-a-head"),
+        pytest.param(b"\r\n\r", id="cr-after-an-empty-line"),
+    ],
+)
+def test_r_crlf_lone_cr_or_lf_between_pipelined_requests_is_400(
+    lb: BalancerProcess, recorder: RecordingServer, between: bytes
+) -> None:
+    """The lone byte before the second request is refused, and the second request never
+    reaches a server. (The 400 is written at once, before the first request's answer:
+    see "Open" in docs/http-policy.md.)"""
+    recorder.reset()
+    with connect("127.0.0.1", lb.port, TIMEOUT) as sock:
+        sock.sendall(
+            b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n"
+            + between
+            + b"GET /second HTTP/1.1\r\nHost: a\r\n\r\n"
+        )
+        refused = read_response(sock)
+        assert refused.status == 400
+        assert b"lone CR or LF" in refused.body
+        assert_closed(sock)
+    settle(lb, recorder)
+    assert b"/second" not in real_requests(recorder)
+    assert_no_crash(lb)
+
+
+def test_r_crlf_lone_lf_after_a_content_length_body_is_400(
+    lb: BalancerProcess, recorder: RecordingServer
+) -> None:
+    recorder.reset()
+    with connect("127.0.0.1", lb.port, TIMEOUT) as sock:
+        sock.sendall(
+            b"POST /first HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc"
+            b"\nGET /second HTTP/1.1\r\nHost: a\r\n\r\n"
+        )
+        refused = read_response(sock, "POST")
+        assert refused.status == 400
+        assert b"lone CR or LF" in refused.body
+        assert_closed(sock)
+    settle(lb, recorder)
+    assert b"/second" not in real_requests(recorder)
+    assert_no_crash(lb)
 
 
 def test_r_crlf_empty_line_before_request_line_is_ignored(
@@ -754,14 +796,7 @@ def test_r_te_chunked_must_be_the_only_and_final_coding_on_http11(
     "coding",
     [
         pytest.param(b"chunked ", id="space"),
-        pytest.param(
-            b"chunked\t",
-            id="tab",
-            marks=xfail(
-                "llhttp does not take 'chunked<HTAB>' as chunked while maitred's own check "
-                "does: the head is forwarded, then the client is answered 501 (found by fuzzing)"
-            ),
-        ),
+        pytest.param(b"chunked\t", id="tab"),
     ],
 )
 def test_r_te_trailing_whitespace_is_not_part_of_the_coding(
@@ -800,13 +835,11 @@ CHUNKED = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
             "size-line-with-long-extension",
             CHUNKED + b"5;" + b"e" * 5000 + b"\r\nhello\r\n0\r\n\r\n",
             400,
-            bug="accepted: a 5 KB chunk-size line (extension) is read without limit",
         ),
         case(
             "size-line-with-many-leading-zeros",
             CHUNKED + b"0" * 5000 + b"5\r\nhello\r\n0\r\n\r\n",
             400,
-            bug="accepted: a 5 KB chunk-size line (leading zeros) is read without limit",
         ),
     ],
 )
@@ -1082,8 +1115,6 @@ OK_TAIL = b"Content-Length: 2\r\n\r\nok"
             "bare-cr-before-status-line",
             b"\rHTTP/1.1 200 OK\r\n" + OK_TAIL,
             502,
-            bug="relayed as a good 200: llhttp skips a lone CR before the status line "
-            "(found by fuzzing)",
         ),
         case(
             "invalid-chunk-in-the-same-read-as-the-head",
@@ -1096,8 +1127,6 @@ OK_TAIL = b"Content-Length: 2\r\n\r\nok"
             "nul-in-reason-phrase",
             b"HTTP/1.1 200 O\x00K\r\n" + OK_TAIL,
             502,
-            bug="relayed as a good 200: llhttp does not check the reason phrase, which "
-            "maitred drops (found by fuzzing)",
         ),
         case("space-before-colon", b"HTTP/1.1 200 OK\r\nX : a\r\n" + OK_TAIL, 502),
         case("obs-fold", b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\n" + OK_TAIL, 502),
@@ -1220,10 +1249,6 @@ def test_r_resp_interim_answers_are_not_sent_to_http10_clients(
     assert_no_crash(lb)
 
 
-@xfail(
-    "the client gets the 100, then its connection is cut with no final answer: after an "
-    "interim answer, nothing of the final one had reached the client (found by fuzzing)"
-)
 def test_r_resp_malformed_final_answer_after_an_interim_one_is_502(
     lb: BalancerProcess, scripted: ScriptedServer
 ) -> None:
@@ -1310,11 +1335,6 @@ def test_r_resp_body_bytes_after_a_204_are_never_relayed(
             b"HTTP/1.1 200 OK\r\nX-Request-Id: rid\r\nTransfer-Encoding: chunked\r\n"
             b"Connection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
             id="chunked-with-trailing-tab",
-            marks=xfail(
-                "llhttp reads 'chunked<HTAB>' as no coding (until close), so maitred answers "
-                "502 rather than relay it; relaying it as chunked would need llhttp to agree "
-                "(found by fuzzing)"
-            ),
         ),
         pytest.param(
             "HTTP/1.1",

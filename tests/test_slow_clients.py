@@ -7,7 +7,9 @@ One balancer process with three listeners:
   (the whole 127/8 is loopback) while a normal client on 127.0.0.1 keeps asking;
 - ``capped``: ``max_connections: 5`` for the whole listener;
 - ``unpooled``: its pool keeps no idle server connection, so every server
-  connection must be closed once its exchange is over.
+  connection must be closed once its exchange is over;
+- ``metered``: a minimum body data rate (``client_body_min_rate``) with a short
+  grace and a long inactivity timeout, so only the rate can cut a body.
 
 Every loop here is bounded in count and time; the attack stops by itself.
 """
@@ -15,6 +17,7 @@ Every loop here is bounded in count and time; the attack stops by itself.
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import threading
 import time
@@ -36,6 +39,8 @@ PER_CLIENT = 100
 LISTENER_CAP = 5
 ATTACKER = "127.0.0.2"
 ATTACK_CONNECTIONS = 500
+MIN_RATE = 1000  # metered.timeouts.client_body_min_rate, bytes per second
+RATE_GRACE = 0.5  # metered.timeouts.client_body_min_rate_grace
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +83,13 @@ listeners:
   - name: unpooled
     bind: 127.0.0.1:0
     pool: unpooled
+  - name: metered
+    bind: 127.0.0.1:0
+    pool: web
+    timeouts:
+      client_body: 30s
+      client_body_min_rate: {MIN_RATE}
+      client_body_min_rate_grace: {int(RATE_GRACE * ms)}ms
 pools:
   web:
     servers: [{{address: {recorder.address}}}]
@@ -186,6 +198,80 @@ def test_body_arriving_steadily_is_not_cut_by_the_inactivity_timeout(
         assert response.status == 200
     (got,) = recorder.complete_requests()
     assert got.body == body
+
+
+def send_body_paced(sock: socket.socket, piece: bytes, every: float, limit: float) -> bytes:
+    """Send ``piece`` every ``every`` seconds until the balancer answers (or ``limit``
+    seconds pass); return what it answered."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        try:
+            sock.sendall(piece)
+        except OSError:
+            break  # the balancer closed on us: its answer is already in our buffer
+        readable, _, _ = select.select([sock], [], [], every)  # pacing; wakes on an answer
+        if readable:
+            break
+    sock.settimeout(TIMEOUT)
+    with contextlib.suppress(ConnectionResetError):
+        return sock.recv(65536)
+    return b""
+
+
+def test_body_below_the_minimum_rate_is_408_after_the_grace(
+    lb: BalancerProcess, recorder: RecordingServer
+) -> None:
+    """Never silent, so the inactivity timeout never fires: only the rate cuts it."""
+    recorder.reset()
+    with connect("127.0.0.1", port(lb, "metered"), TIMEOUT) as sock:
+        sock.sendall(b"POST /trickle HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n")
+        started = time.monotonic()
+        # 50 bytes every 0.1 s: about half the minimum rate.
+        answered = send_body_paced(sock, b"x" * 50, 0.1, limit=10.0)
+        elapsed = time.monotonic() - started
+        assert answered.startswith(b"HTTP/1.1 408 "), answered
+        assert b"minimum data rate" in answered
+        assert b"Connection: close" in answered
+        assert_closed(sock)
+    # A grace, then each byte buys 1 ms: at ~500 B/s the body falls behind at ~1 s.
+    assert RATE_GRACE <= elapsed < 6.0
+    recorder.wait_for(lambda server: server.partial_requests_closed())
+    assert recorder.complete_requests() == []
+
+
+def test_body_above_the_minimum_rate_is_forwarded_whole(
+    lb: BalancerProcess, recorder: RecordingServer
+) -> None:
+    recorder.reset()
+    piece = b"y" * 500
+    count = 15  # 7.5 kB at ~5 kB/s: well past the grace, at five times the minimum
+    with connect("127.0.0.1", port(lb, "metered"), TIMEOUT) as sock:
+        sock.sendall(
+            b"POST /brisk HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % (len(piece) * count)
+        )
+        pause = threading.Event()
+        for _ in range(count):
+            sock.sendall(piece)
+            pause.wait(0.1)  # pacing, not synchronization
+        response = read_response(sock, "POST")
+        assert response.status == 200
+    (got,) = recorder.complete_requests()
+    assert got.body == piece * count
+
+
+def test_the_minimum_rate_ends_with_its_body(
+    lb: BalancerProcess, recorder: RecordingServer
+) -> None:
+    """A body sent at once is answered, and the rate's deadline does not outlive it:
+    the connection is still served well after the grace."""
+    recorder.reset()
+    with connect("127.0.0.1", port(lb, "metered"), TIMEOUT) as sock:
+        sock.sendall(b"POST /quick HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
+        assert read_response(sock, "POST").status == 200
+        # The connection stays usable: the rate does not outlive its body.
+        threading.Event().wait(RATE_GRACE * 2)
+        sock.sendall(b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert read_response(sock).status == 200
 
 
 def test_idle_keep_alive_connection_is_closed_silently(lb: BalancerProcess) -> None:

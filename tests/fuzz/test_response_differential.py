@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 
 import h11
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -176,3 +177,29 @@ def test_answers_agree_with_h11(
         assert got.interim == meant.interim
     else:
         assert got.interim == []  # never sent to HTTP/1.0 clients
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        pytest.param(
+            [b"H", b"TTP/1.1 100 Season\r\n\r\n\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"],
+            id="interim-head-split-after-its-first-byte",
+        ),
+        pytest.param(
+            [b"HTTP/1.1 100 Continue\r\n\r", b"\n\rHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"],
+            id="interim-head-end-split",
+        ),
+    ],
+)
+def test_lone_cr_or_lf_after_an_interim_answer_split_across_reads_is_502(
+    proxy: InMemoryProxy, error_log: ErrorLog, pieces: list[bytes]
+) -> None:
+    """Found by the long fuzz run (the 200 was relayed): the interim head's end must be
+    followed across reads. The 100 may be dropped with the refused answer (a 1xx is
+    optional); the final answer must be a 502."""
+    request = b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id: r\r\n\r\n"
+    outcome = proxy.run([request], server_pieces=pieces, server_closes=False)
+    assert not error_log.records, [r.getMessage() for r in error_log.records]
+    got = read_answer(b"GET", outcome.answered, outcome.client_closed)
+    assert got.status == 502

@@ -8,6 +8,8 @@ balancer is never ambiguous.
 
 from __future__ import annotations
 
+import re
+
 # What the proxy does with a header, keyed by its lowercased name (and, so that
 # common headers need no lowercasing, their usual spelling). Anything not listed
 # is ordinary: copied through unchanged, in order.
@@ -170,3 +172,70 @@ def error_response(
     lines.append(b"Connection: close\r\n\r\n" if close else b"\r\n")
     lines.append(body)
     return b"".join(lines)
+
+
+# -- checks where llhttp is more lenient than the policy (docs/http-policy.md) ----------
+
+CR = 13
+LF = 10
+#: A chunk-size line (size and extensions) or a trailer line longer than this is refused.
+MAX_CHUNK_LINE = 4096
+#: Spaces in a request line: one after the method, one after the target.
+REQUEST_LINE_SPACES = 2
+#: Enough of a request line to read its method back (the longest llhttp knows has 11 bytes).
+METHOD_PREFIX = 32
+
+_TOKEN_BYTES = frozenset(
+    b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+)
+# Trailing whitespace of a Transfer-Encoding field: llhttp takes "chunked<HTAB>" for
+# another coding, while RFC 9110 5.5 says the whitespace is not part of the value.
+_TRANSFER_ENCODING_TRAILING_WS = re.compile(
+    rb"(?i)((?:^|\n)transfer-encoding:[^\r\n]*?)[ \t]+(?=\r\n)"
+)
+# Control characters a reason phrase may not hold (RFC 9112 4: HTAB, SP, VCHAR, obs-text).
+_REASON_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def skip_empty_lines(data: bytes, pos: int, pending_cr: bool) -> tuple[int, bool]:
+    """Skip the empty lines (CRLF) that may come before a message (RFC 9112 2.2).
+
+    llhttp also skips a lone CR or LF there; the policy refuses them. Returns the
+    offset of the message's first byte (``len(data)`` if only empty lines came)
+    and whether a CR at the very end still waits for its LF; the offset is -1
+    when a lone CR or LF was found.
+    """
+    end = len(data)
+    if pending_cr:
+        if data[pos] != LF:
+            return -1, False
+        pos += 1
+    while pos < end:
+        byte = data[pos]
+        if byte == CR:
+            if pos + 1 == end:
+                return end, True
+            if data[pos + 1] != LF:
+                return -1, False
+            pos += 2
+        elif byte == LF:
+            return -1, False
+        else:
+            break
+    return pos, False
+
+
+def unknown_method_status(line_start: bytes) -> int:
+    """The answer to a method llhttp refused: 501 for a well-formed method it does not
+    know (``FROB``, ``get``: methods are case-sensitive, RFC 9110 9.1), 400 otherwise."""
+    method = line_start.split(b" ", 1)[0]
+    return 501 if method and _TOKEN_BYTES.issuperset(method) else 400
+
+
+def normalize_transfer_encoding(head: bytes) -> bytes:
+    """``head`` with the trailing whitespace of its Transfer-Encoding fields removed."""
+    return _TRANSFER_ENCODING_TRAILING_WS.sub(rb"\1", head)
+
+
+def reason_is_valid(reason: bytes) -> bool:
+    return _REASON_CONTROL.search(reason) is None

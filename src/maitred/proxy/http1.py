@@ -24,23 +24,32 @@ from maitred.proxy.deadline import Deadline
 from maitred.proxy.framing import (
     CONNECTION,
     CONTENT_LENGTH,
+    CR,
     FORWARDED_FOR,
     HOST,
+    LF,
+    MAX_CHUNK_LINE,
+    METHOD_PREFIX,
     ORDINARY,
     PLAIN_CONNECTION_VALUES,
     REQUEST_HEADER_KINDS,
     REQUEST_ID,
+    REQUEST_LINE_SPACES,
     TRANSFER_ENCODING,
     UPGRADE,
     connection_named_headers,
     drop_named_headers,
     error_response,
+    normalize_transfer_encoding,
+    skip_empty_lines,
+    unknown_method_status,
 )
 from maitred.proxy.routing import LATENCY_BUCKETS
 from maitred.proxy.upstream import CHUNK_END, CRLF, ServerConnections, UpstreamConnection
 
 if TYPE_CHECKING:
     from maitred.balancing.base import LiveServer
+    from maitred.proxy.client_side import ExchangeClient
     from maitred.proxy.routing import ListenerSlot, PoolRuntime, RequestPolicy, RouteRuntime
 
 log = logging.getLogger("maitred.http")
@@ -147,7 +156,7 @@ class Exchange:
         "tunnel_early",
     )
 
-    def __init__(self, client: ClientConnection) -> None:
+    def __init__(self, client: ExchangeClient) -> None:
         self.client = client
         self.pool: PoolRuntime | None = None
         self.server: LiveServer | None = None
@@ -559,6 +568,22 @@ class ClientConnection(asyncio.Protocol):
         "upgrade",
         "connection_upgrade",
         "tunnel_pending",
+        "at_boundary",
+        "pending_cr",
+        "message_ended",
+        "line_open",
+        "line_cr",
+        "line_spaces",
+        "line_start",
+        "body_length",
+        "body_spans",
+        "last_body",
+        "chunk_line",
+        "chunk_tail",
+        "chunk_piece",
+        "rate_base",
+        "seconds_per_byte",
+        "rate_paused_at",
     )
 
     def __init__(self, plane: DataPlane, slot: ListenerSlot) -> None:
@@ -602,6 +627,36 @@ class ClientConnection(asyncio.Protocol):
         self.connection_upgrade = False
         #: An exchange whose Upgrade awaits the server's 101: bytes wait in it.
         self.tunnel_pending: Exchange | None = None
+        # Where llhttp is more lenient than the policy, the bytes are checked before it
+        # sees them; that needs to know where a request starts (see _parse).
+        #: The next byte starts a request (after empty lines); all before it was checked.
+        self.at_boundary = True
+        #: An empty line's CR was the last byte: its LF must come next.
+        self.pending_cr = False
+        #: A request ended and no other began since (on_url clears it).
+        self.message_ended = False
+        #: The request line has begun and not ended; its spaces so far; whether its
+        #: last byte was a CR; the first bytes of it kept from earlier reads.
+        self.line_open = False
+        self.line_cr = False
+        self.line_spaces = 0
+        self.line_start = b""
+        #: The Content-Length of the request being read.
+        self.body_length = 0
+        #: Chunked bodies: data spans and the last one in a read, and the length of a
+        #: chunk-size or trailer line not finished at the end of the last read.
+        self.body_spans = 0
+        self.last_body = b""
+        self.chunk_line = 0
+        #: The last bytes of the last chunked piece (a CRLFCRLF may straddle two reads),
+        #: and the piece being parsed: (data, start, stop, body bytes before it).
+        self.chunk_tail = b""
+        self.chunk_piece: tuple[bytes, int, int, int] | None = None
+        #: Minimum body data rate: when the allowance started (after the grace), and
+        #: 1/rate (0: no minimum); when reading paused (a pause is not the client's).
+        self.rate_base = 0.0
+        self.seconds_per_byte = 0.0
+        self.rate_paused_at: float | None = None
 
     # -- connection lifecycle ----------------------------------------------------
 
@@ -665,9 +720,11 @@ class ClientConnection(asyncio.Protocol):
             exchange = self.parsing
             exchange.abandon()
             if not exchange.response_begun:
-                self.transport.write(
-                    error_response(408, "request body not received in time", close=True)
-                )
+                why = "request body not received in time"
+                if self.seconds_per_byte and self.loop.time() >= self._rate_deadline(exchange):
+                    why = "request body arriving below the minimum data rate"
+                    log.info("closing a connection from %s: %s", self.client_ip, why)
+                self.transport.write(error_response(408, why, close=True))
             else:
                 self.transport.abort()
                 return
@@ -678,6 +735,9 @@ class ClientConnection(asyncio.Protocol):
     def pause_reading(self, reason: int) -> None:
         if not self.paused and self.transport is not None:
             self.transport.pause_reading()
+            if self.seconds_per_byte and self.parsing is not None:
+                self.rate_paused_at = self.loop.time()
+                self.deadline.disarm()
         self.paused |= reason
 
     def resume_reading(self, reason: int) -> None:
@@ -685,6 +745,23 @@ class ClientConnection(asyncio.Protocol):
             self.paused &= ~reason
             if not self.paused and self.transport is not None:
                 self.transport.resume_reading()
+                if self.rate_paused_at is not None:
+                    self._rate_resumed()
+
+    def _rate_resumed(self) -> None:
+        """Reading resumes in a body with a minimum rate: the pause does not count."""
+        now = self.loop.time()
+        paused_at, self.rate_paused_at = self.rate_paused_at, None
+        exchange = self.parsing
+        if exchange is None or paused_at is None:
+            return
+        self.rate_base += now - paused_at
+        timeout = self.slot.runtime.body_timeout
+        self.deadline.arm_at(min(now + timeout, self._rate_deadline(exchange)), timeout)
+
+    def _rate_deadline(self, exchange: Exchange) -> float:
+        """When the body received so far stops covering the minimum data rate."""
+        return self.rate_base + exchange.body_received * self.seconds_per_byte
 
     def pause_reading_for_upstream(self) -> None:
         self.pause_reading(PAUSE_UPSTREAM)
@@ -722,26 +799,11 @@ class ClientConnection(asyncio.Protocol):
             data = rest
         if self.in_head:
             self.head_bytes += len(data)
-        else:
-            self.deadline.touched = True  # a body is arriving: inactivity timeout
-        try:
-            self.parser.feed_data(data)
-        except Rejected:
-            return
-        except httptools.HttpParserCallbackError as exc:
-            if isinstance(exc.__context__, Rejected):
-                return
-            log.exception("request handling failed")
-            self._reject(500, "internal error")
-            return
-        except httptools.HttpParserInvalidMethodError:
-            self._reject(400, "invalid method")
-            return
-        except httptools.HttpParserUpgrade as upgrade:
-            self._upgrade_requested(data[upgrade.args[0] :])
-            return
-        except httptools.HttpParserError as exc:
-            self._reject(*_classify_parse_error(str(exc)))
+        elif not self.seconds_per_byte:
+            # A body is arriving: inactivity timeout (with a minimum rate, on_body
+            # moves the deadline itself).
+            self.deadline.touched = True
+        if not self._parse(data):
             return
         if self.in_head and self.head_bytes:
             # A request head has begun and is not complete: it must be within
@@ -751,6 +813,152 @@ class ClientConnection(asyncio.Protocol):
             elif not self.head_deadline:
                 self.head_deadline = True
                 self.deadline.arm(self.slot.runtime.header_timeout)
+
+    def _parse(self, data: bytes) -> bool:
+        """Feed ``data`` to llhttp; False when parsing stopped (an answer, an upgrade).
+
+        llhttp skips a lone CR or LF before a request line and repeated spaces inside
+        one, and takes ``chunked<HTAB>`` for an unknown coding; it reads chunk-size
+        lines of any length. Those bytes are checked here before it sees them, which
+        needs to know where a request starts: ``data`` is fed in pieces cut where a
+        request ends when that is known (a head without body, a Content-Length body,
+        a chunked body's last CRLFCRLF). A piece is a view, never a copy.
+        """
+        end = len(data)
+        pos = 0
+        while pos < end:
+            stop = end
+            exact = False  # a request that ends in this piece ends at its end
+            line_from = -1
+            if self.at_boundary:
+                first = data[pos]
+                if first in (CR, LF) or self.pending_cr:
+                    pos, self.pending_cr = skip_empty_lines(data, pos, self.pending_cr)
+                    if pos < 0:
+                        self._reject(400, "a lone CR or LF before the request line")
+                        return False
+                    if pos == end:
+                        return True
+                self.at_boundary = False
+                self.line_open = True
+                self.line_cr = False
+                self.line_spaces = 0
+                self.line_start = b""
+            if self.line_open:
+                line_from = pos
+                if self.line_cr and data[pos] == LF:
+                    self.line_open = False
+                else:
+                    line_end = data.find(b"\r\n", pos)
+                    self.line_spaces += data.count(b" ", pos, end if line_end < 0 else line_end)
+                    if line_end < 0:
+                        self.line_cr = data[end - 1] == CR
+                        if len(self.line_start) < METHOD_PREFIX:
+                            self.line_start += data[pos : pos + METHOD_PREFIX]
+                    else:
+                        self.line_open = False
+                        head_end = data.find(b"\r\n\r\n", line_end)
+                        if head_end >= 0:
+                            stop = head_end + 4
+                            exact = True
+                    if self.line_spaces > REQUEST_LINE_SPACES:
+                        self._reject(400, "invalid request line (repeated spaces)")
+                        return False
+            exchange = None if self.in_head else self.parsing
+            chunked = False
+            received = 0
+            if exchange is not None:
+                if exchange.request_chunked:
+                    # A chunked body ends at a CRLFCRLF: cut at the first one, so that
+                    # the end is where a piece ends (the check before it goes out
+                    # needs that: see on_message_complete).
+                    chunked = True
+                    cut = -1
+                    tail = self.chunk_tail
+                    if tail:
+                        found = (tail + data[pos : pos + 3]).find(b"\r\n\r\n")
+                        if found >= 0:
+                            cut = pos + found + 4 - len(tail)
+                    if cut < 0:
+                        cut = data.find(b"\r\n\r\n", pos)
+                        if cut >= 0:
+                            cut += 4
+                    if cut >= 0:
+                        stop = cut
+                        exact = True
+                    self.body_spans = 0
+                    received = exchange.body_received
+                    self.chunk_piece = (data, pos, stop, received)
+                else:
+                    left = self.body_length - exchange.body_received
+                    if left < end - pos:
+                        stop = pos + left
+                    exact = True
+            piece: bytes | memoryview = data
+            if self.in_head and data.find(b"\t\r\n", pos, stop) >= 0:
+                piece = normalize_transfer_encoding(data[pos:stop])
+            elif pos or stop != end:
+                piece = memoryview(data)[pos:stop]
+            try:
+                self.parser.feed_data(piece)
+            except Rejected:
+                return False
+            except httptools.HttpParserCallbackError as exc:
+                if isinstance(exc.__context__, Rejected):
+                    return False
+                log.exception("request handling failed")
+                self._reject(500, "internal error")
+                return False
+            except httptools.HttpParserInvalidMethodError:
+                start = data[line_from : line_from + METHOD_PREFIX] if line_from >= 0 else b""
+                status = unknown_method_status(self.line_start + start)
+                self._reject(status, "unknown method" if status == 501 else "invalid method")
+                return False
+            except httptools.HttpParserUpgrade as upgrade:
+                self.at_boundary = self.message_ended
+                self._upgrade_requested(data[pos + upgrade.args[0] :])
+                return False
+            except httptools.HttpParserError as exc:
+                self._reject(*_classify_parse_error(str(exc)))
+                return False
+            if chunked and exchange is not None:
+                self.chunk_piece = None
+                if self.parsing is exchange:
+                    if not self._chunk_lines_ok(exchange, data, pos, stop, received):
+                        return False
+                    tail = data[max(pos, stop - 3) : stop]
+                    self.chunk_tail = tail if stop - pos >= 3 else (self.chunk_tail + tail)[-3:]
+            self.at_boundary = self.message_ended and (exact or data[stop - 1] == LF)
+            pos = stop
+        return True
+
+    def _chunk_lines_ok(
+        self, exchange: Exchange, data: bytes, pos: int, stop: int, received: int
+    ) -> bool:
+        """Chunk-size lines (with extensions) and trailer lines stay within
+        MAX_CHUNK_LINE: per chunk of the piece parsed, and for a line that runs on
+        from the last piece. False: the request was refused."""
+        ended = self.parsing is not exchange
+        spans = self.body_spans
+        framing = stop - pos - (exchange.body_received - received)
+        line = self.chunk_line
+        if line:
+            line_end = data.find(b"\n", pos, stop)
+            line += (stop if line_end < 0 else line_end) - pos
+        if framing > MAX_CHUNK_LINE * max(spans, 1) or line > MAX_CHUNK_LINE:
+            exchange.abandon()
+            if exchange.response_begun:
+                self.abort_truncated(exchange)
+            else:
+                self._reject(400, "chunk-size or trailer line too long")
+            return False
+        last = self.last_body
+        if ended or (spans and data.startswith(last, stop - len(last))):
+            self.chunk_line = 0  # at the end of the body, or inside chunk data
+        else:
+            line_end = data.rfind(b"\n", pos, stop)
+            self.chunk_line = stop - line_end - 1 if line_end >= 0 else line
+        return True
 
     def _upgrade_requested(self, after: bytes) -> None:
         """llhttp stopped after a request asking to switch protocols."""
@@ -844,6 +1052,7 @@ class ClientConnection(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         if self.closing:
             raise Rejected  # stop at a pipelined request after a rejection
+        self.message_ended = False
         self.url += url
         self.head_size += len(url)
         if len(self.url) > self.slot.runtime.max_uri_length:
@@ -1014,6 +1223,18 @@ class ClientConnection(asyncio.Protocol):
         ):
             # A body follows: from here the deadline is the body's inactivity timeout.
             self.deadline.arm(runtime.body_timeout)
+            self.body_length = 0 if exchange.request_chunked else int(self.content_length or 0)
+            self.chunk_line = 0
+            self.chunk_tail = b""
+            if runtime.body_min_rate is not None:
+                # Past the grace, each byte buys 1/rate s (on_body moves the deadline).
+                self.seconds_per_byte = 1.0 / runtime.body_min_rate
+                self.rate_base = self.loop.time() + runtime.body_min_rate_grace
+                self.deadline.arm_at(
+                    min(self.rate_base, self.deadline.at or self.rate_base), runtime.body_timeout
+                )
+            else:
+                self.seconds_per_byte = 0.0
         self.parsing = exchange
         exchange.route = (
             runtime.route(host or b"", url) if runtime.routes else runtime.default_route
@@ -1085,7 +1306,15 @@ class ClientConnection(asyncio.Protocol):
             raise Rejected
         if exchange.finished:
             return  # answered already (an error): the rest of the body is discarded
+        if self.seconds_per_byte and self.rate_paused_at is None:
+            # Later only, so an attribute write: no timer call per read.
+            self.deadline.at = min(
+                self.loop.time() + self.slot.runtime.body_timeout,
+                self.rate_base + exchange.body_received * self.seconds_per_byte,
+            )
         if exchange.request_chunked:
+            self.body_spans += 1
+            self.last_body = body
             exchange.send_body(b"%x\r\n%b\r\n" % (len(body), body))
         else:
             exchange.send_body(body)
@@ -1094,6 +1323,15 @@ class ClientConnection(asyncio.Protocol):
         exchange = self.parsing
         self.parsing = None
         self.in_head = True
+        self.message_ended = True
+        self.seconds_per_byte = 0.0
+        self.rate_paused_at = None
+        piece = self.chunk_piece
+        if piece is not None and exchange is not None:
+            # The body's end is the piece's end: check its framing before it goes out.
+            self.chunk_piece = None
+            if not self._chunk_lines_ok(exchange, *piece):
+                raise Rejected
         if exchange is None:
             return
         if exchange.request_chunked and not exchange.finished:
@@ -1206,4 +1444,6 @@ def _classify_parse_error(message: str) -> tuple[int, str]:
         return 501, message  # a transfer coding other than chunked
     if "http version" in lowered:
         return 505, message
+    if "pri/upgrade" in lowered:  # llhttp stops at the HTTP/2 preface
+        return 505, "HTTP/2 with prior knowledge (h2c) is not enabled on this listener"
     return 400, message

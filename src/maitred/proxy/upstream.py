@@ -29,6 +29,9 @@ from maitred.proxy.framing import (
     UPGRADE,
     connection_named_headers,
     drop_named_headers,
+    normalize_transfer_encoding,
+    reason_is_valid,
+    skip_empty_lines,
 )
 from maitred.proxy.tunnel import open_tunnel
 
@@ -174,6 +177,10 @@ class UpstreamConnection(asyncio.Protocol):
         "transfer_codings",
         "delivered",
         "head_bytes",
+        "answer_start",
+        "answer_pending_cr",
+        "answer_open",
+        "answer_tail",
     )
 
     def __init__(self, servers: ServerConnections) -> None:
@@ -205,6 +212,15 @@ class UpstreamConnection(asyncio.Protocol):
         self.delivered = False
         #: Bytes received while the answer's head is incomplete (bounded).
         self.head_bytes = 0
+        #: The next byte starts an answer (the first, or the one after an interim
+        #: answer): what llhttp lets through before a status line is checked first.
+        self.answer_start = False
+        #: An empty line's CR was the last byte: its LF must come next.
+        self.answer_pending_cr = False
+        #: A head that may be an interim answer's goes on in the next read; the last
+        #: bytes of this one (its CRLFCRLF may straddle the two).
+        self.answer_open = False
+        self.answer_tail = b""
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -250,6 +266,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.got_bytes = False
         self.delivered = False
         self.head_bytes = 0
+        self.answer_start = True
+        self.answer_pending_cr = False
+        self.answer_open = False
         self.complete = False
         self.status = 0
         self._reset_head()
@@ -295,6 +314,12 @@ class UpstreamConnection(asyncio.Protocol):
         self.deadline.touched = True  # inactivity timeout: still alive
         if not self.status:
             self.head_bytes += len(data)
+        if self.answer_start or self.answer_open:
+            start = self._answer_heads(exchange, data)
+            if start < 0:
+                return
+            if start:
+                data = data[start:]
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as switched:
@@ -318,12 +343,88 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self._deliver(exchange)
 
+    def _answer_heads(self, exchange: Exchange, data: bytes) -> int:
+        """Check the start of an answer where llhttp is lenient: a lone CR or LF
+        before the status line, ``chunked<HTAB>``. Interim answers are parsed here,
+        one head at a time, so that the next answer's start is known too. Returns
+        the offset from which ``data`` is still to be parsed; -1: parsing stopped.
+        """
+        pos = 0
+        end = len(data)
+        if self.answer_open:
+            # The end of a head begun in an earlier read: after it, if it was an
+            # interim answer's, the next answer starts.
+            cut = -1
+            found = (self.answer_tail + data[:3]).find(b"\r\n\r\n")
+            if found >= 0:
+                cut = found + 4 - len(self.answer_tail)
+            else:
+                cut = data.find(b"\r\n\r\n")
+                if cut >= 0:
+                    cut += 4
+            if cut < 0:
+                self.answer_tail = (self.answer_tail + data[-3:])[-3:]
+                return 0
+            self.answer_open = False
+            if not self._feed_head(exchange, memoryview(data)[:cut], data[cut:]):
+                return -1
+            self.answer_start = not self.status
+            pos = cut
+        while self.answer_start and pos < end:
+            first = data[pos]
+            if first in (13, 10) or self.answer_pending_cr:
+                pos, self.answer_pending_cr = skip_empty_lines(data, pos, self.answer_pending_cr)
+                if pos < 0:
+                    self._malformed(exchange, "a lone CR or LF before the status line")
+                    return -1
+                if pos == end:
+                    return end
+            head_end = data.find(b"\r\n\r\n", pos)
+            if head_end < 0:
+                # The head goes on in the next read; if it may be an interim answer's
+                # (its status code is not here yet, or starts with 1), follow it.
+                self.answer_start = False
+                self.answer_open = end <= pos + 9 or data[pos + 9] == 0x31
+                self.answer_tail = data[-3:]
+                return pos
+            stop = head_end + 4
+            interim = data.startswith(b"1", pos + 9)  # "HTTP/1.1 1xx"
+            if not interim and data.find(b"\t\r\n", pos, stop) < 0:
+                self.answer_start = False
+                return pos
+            piece: bytes | memoryview = memoryview(data)[pos:stop]
+            if data.find(b"\t\r\n", pos, stop) >= 0:
+                piece = normalize_transfer_encoding(data[pos:stop])
+            if not self._feed_head(exchange, piece, data[stop:]):
+                return -1
+            self.answer_start = interim and not self.status
+            pos = stop
+        return pos
+
+    def _feed_head(self, exchange: Exchange, piece: bytes | memoryview, after: bytes) -> bool:
+        """Parse one answer head on its own; False: parsing stopped."""
+        try:
+            self.parser.feed_data(piece)
+        except httptools.HttpParserUpgrade:
+            if self.tunnel:
+                self._open_tunnel(exchange, after)
+            else:
+                self._malformed(exchange, "unexpected protocol switch")
+            return False
+        except httptools.HttpParserError as exc:
+            self._malformed(exchange, str(exc))
+            return False
+        return True
+
     def _deliver(self, exchange: Exchange) -> None:
         """Everything this read produced goes to the client in one write."""
         out = self.out
         if out:
             self.out = []
-            self.delivered = True
+            if self.status:
+                # Only the final answer counts: after interim answers alone, a 502
+                # can still take the final answer's place.
+                self.delivered = True
             client = exchange.client
             client.slot.bytes_out += sum(map(len, out))
             transport = client.transport
@@ -343,6 +444,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.out = []
         self.abort()
         exchange.upstream_malformed(self, why)
+
+    def on_status(self, reason: bytes) -> None:
+        if not reason_is_valid(reason):
+            raise UnsolicitedAnswer  # control characters in the reason phrase: 502
 
     def on_header(self, name: bytes, value: bytes) -> None:
         kind = RESPONSE_HEADER_KINDS.get(name)
