@@ -105,12 +105,13 @@ def test_unknown_or_missing_sni_gets_the_first_certificate(
         assert request(sock).status == 200
 
 
-def test_alpn_offers_http11_only(three_certificates: BalancerProcess) -> None:
+def test_alpn_offers_h2_then_http11(three_certificates: BalancerProcess) -> None:
+    # HTTP/2 is on by default (listeners[].http2.enabled; tests/test_http2.py turns it off).
     port = three_certificates.port
     with tls_connect(port, "alpha.test", client_context(alpn=["h2", "http/1.1"])) as sock:
+        assert sock.selected_alpn_protocol() == "h2"
+    with tls_connect(port, "alpha.test", client_context(alpn=["http/1.1"])) as sock:
         assert sock.selected_alpn_protocol() == "http/1.1"
-    with tls_connect(port, "alpha.test", client_context(alpn=["h2"])) as sock:
-        assert sock.selected_alpn_protocol() is None  # no h2: the client must not assume it
 
 
 def _versions_client(version: ssl.TLSVersion) -> ssl.SSLContext:

@@ -34,6 +34,7 @@ from pydantic import (
 from pydantic import SerializerFunctionWrapHandler as SerializeNext
 
 from maitred.config.checks import SKIP_CROSS_CHECKS, cross_field_issues, unknown_choice
+from maitred.config.http2_settings import Http2Settings
 from maitred.config.scalars import (
     Address,
     BindAddress,
@@ -52,6 +53,7 @@ __all__ = [
     "Address",
     "AdminConfig",
     "CertificateFiles",
+    "ClusterSettings",
     "Config",
     "ConnectionPoolSettings",
     "Duration",
@@ -104,6 +106,12 @@ def _parse_workers(value: object) -> int | Literal["auto"]:
     raise ValueError("must be an integer >= 1 or 'auto'")
 
 
+def _parse_zero_copy(value: object) -> bool | Literal["auto"]:
+    if value == "auto" or isinstance(value, bool):
+        return value
+    raise ValueError("must be true, false or 'auto'")
+
+
 def _known_algorithm(name: str) -> str:
     if name in ALGORITHMS:
         return name
@@ -145,6 +153,12 @@ def _redis_url(url: str) -> str:
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError("must be a redis://, rediss:// or unix:// URL")
     return url
+
+
+def _redis_key_prefix(prefix: str) -> str:
+    if not prefix or any(char.isspace() for char in prefix):
+        raise ValueError("must be a non-empty name without spaces, e.g. maitred:cluster")
+    return prefix
 
 
 def _hash_on(key: str) -> str:
@@ -214,6 +228,11 @@ class ListenerTimeouts(_Frozen):
     client_header: PositiveDuration = 10.0
     #: Longest silence while a request body is being received (→ 408 and close).
     client_body: PositiveDuration = 30.0
+    #: Minimum data rate of a request body, in bytes per second (None: no minimum):
+    #: past the grace period a body must keep up with it (→ 408 and close).
+    client_body_min_rate: int | None = Field(default=None, ge=1)
+    #: Time a body has before the minimum rate applies; each byte then earns 1/rate s.
+    client_body_min_rate_grace: PositiveDuration = 10.0
     idle: PositiveDuration = 60.0
     #: Longest silence on an upgraded connection (WebSocket tunnel).
     tunnel: PositiveDuration = 3600.0
@@ -252,9 +271,14 @@ class Listener(_Frozen):
     timeouts: ListenerTimeouts = ListenerTimeouts()
     limits: ListenerLimits = ListenerLimits()
     proxy_protocol: bool = False
+    #: tcp listeners: relay bytes with splice(2) through a pipe instead of copying them
+    #: through Python. auto: wherever the platform has splice (it measured faster).
+    zero_copy: Annotated[bool | Literal["auto"], PlainValidator(_parse_zero_copy)] = "auto"
     access_log: AccessLog | None = None
     #: Peers whose X-Forwarded-For is believed (CIDRs): the client is the last untrusted hop.
     trusted_proxies: tuple[TrustedNetwork, ...] = ()
+    #: HTTP/2: offered by ALPN on TLS listeners; h2c (prior knowledge) when asked for.
+    http2: Http2Settings = Http2Settings()
 
 
 # --- pools -------------------------------------------------------------------
@@ -486,10 +510,23 @@ class RateLimitStore(_Frozen):
     timeout: PositiveDuration = 0.1
 
 
+class ClusterSettings(_Frozen):
+    """Active-active: runtime changes (admin API) shared with every instance through Redis."""
+
+    redis: Annotated[str, AfterValidator(_redis_url)]
+    #: Prefix of the Redis keys and of the change channel; instances sharing it form a cluster.
+    key_prefix: Annotated[str, AfterValidator(_redis_key_prefix)] = "maitred:cluster"
+    #: This instance's name among its peers (default: host name and process id).
+    node_id: str | None = Field(default=None, min_length=1, max_length=200)
+    #: Longest wait for one Redis command; beyond it Redis counts as unreachable.
+    timeout: PositiveDuration = 2.0
+
+
 class Config(_Frozen):
     workers: Annotated[int | Literal["auto"], PlainValidator(_parse_workers)] = 1
     admin: AdminConfig | None = None
     rate_limit_store: RateLimitStore | None = None
+    cluster: ClusterSettings | None = None
     listeners: tuple[Listener, ...] = Field(min_length=1)
     pools: Annotated[
         Mapping[str, Pool],

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from maitred.balancing import Balancer
-from maitred.balancing.base import LiveServer
+from maitred.balancing.base import LiveServer, RemoteLoad
 from maitred.config import Config, Listener, Pool
 from maitred.config.tls_settings import PoolTls
 from maitred.control.access_log import AccessLogs
@@ -24,6 +24,7 @@ from maitred.policies.redirect import build_redirect
 from maitred.policies.retry_budget import RetryBudget
 from maitred.policies.sticky import build_affinity
 from maitred.proxy.http1 import ClientConnection, DataPlane
+from maitred.proxy.http2 import H2cCapableConnection, close_http2_connections
 from maitred.proxy.routing import (
     AccessLogSink,
     ListenerRuntime,
@@ -34,6 +35,7 @@ from maitred.proxy.routing import (
     ignore_outcome,
 )
 from maitred.proxy.tcp import TcpClient, TcpListenerRuntime, TcpSlot
+from maitred.proxy.tcp_splice import use_zero_copy
 from maitred.proxy.upstream import ServerConnections
 from maitred.tls.client import server_hostname
 from maitred.tls.connection import TlsClientConnection
@@ -48,6 +50,8 @@ class BoundListener:
     slot: ListenerSlot | TcpSlot
     server: asyncio.Server
     protocol: str = "http"
+    #: A plain listener whose connections may start with the h2c preface.
+    h2c: bool = False
 
 
 def server_id(pool_name: str, host: str, port: int) -> str:
@@ -60,6 +64,14 @@ class ServerPolicy(Protocol):
     def is_available(self, sid: str) -> bool: ...
 
     def outcome_sink(self, pool_name: str) -> OutcomeSink: ...
+
+
+class SharedLoad(RemoteLoad, Protocol):
+    """Active requests shared with other worker processes (``control.active_counts``)."""
+
+    def bind(self, server: LiveServer) -> None: ...
+
+    def unbind(self, server: LiveServer) -> None: ...
 
 
 class Worker:
@@ -82,6 +94,8 @@ class Worker:
         #: Signs sticky-session cookies; the control side sets it from config or state.
         self.sticky_secret = b""
         self.access_logs = AccessLogs(loop)
+        #: Set in a worker process: its balancers count the other workers' requests too.
+        self.shared_load: SharedLoad | None = None
         self._ticker: asyncio.TimerHandle | None = None
 
     # -- configuration -----------------------------------------------------------
@@ -105,7 +119,10 @@ class Worker:
             if listener.protocol == "tcp":
                 assert listener.pool is not None  # the config requires it
                 runtime = TcpListenerRuntime(
-                    listener.name, pools[listener.pool], listener.timeouts.idle
+                    listener.name,
+                    pools[listener.pool],
+                    listener.timeouts.idle,
+                    zero_copy=use_zero_copy(listener.zero_copy),
                 )
             else:
                 access_log = self.access_logs.sink_for(listener.access_log, listener.name)
@@ -119,8 +136,11 @@ class Worker:
                 or str(wanted[name][0].bind) != bound.bind
                 or wanted[name][0].protocol != bound.protocol
                 or (wanted[name][0].tls is not None) != self.tls.serves_tls(name)
+                or _accepts_h2c(wanted[name][0]) != bound.h2c
             ):
                 bound.server.close()
+                if isinstance(bound.slot, ListenerSlot):
+                    close_http2_connections(self.plane, bound.slot)
                 del self.listeners[name]
                 self.tls.forget_listener(name)
                 log.info("listener %s on %s closed", name, bound.bind)
@@ -128,8 +148,18 @@ class Worker:
             bound_listener = self.listeners.get(name)
             if bound_listener is not None:
                 if listener.tls is not None:
-                    self.tls.refresh_listener(name, listener.tls)  # SIGHUP re-reads certificates
+                    # SIGHUP re-reads certificates
+                    self.tls.refresh_listener(name, listener.tls, listener.http2.enabled)
+                previous = bound_listener.slot.runtime
                 bound_listener.slot.runtime = runtime
+                if (
+                    isinstance(previous, ListenerRuntime)
+                    and isinstance(runtime, ListenerRuntime)
+                    and previous.http2 != runtime.http2
+                ):
+                    # New HTTP/2 settings apply to new connections: GOAWAY the old ones.
+                    assert isinstance(bound_listener.slot, ListenerSlot)
+                    close_http2_connections(self.plane, bound_listener.slot)
                 continue
             slot: ListenerSlot | TcpSlot
             if isinstance(runtime, TcpListenerRuntime):
@@ -139,7 +169,7 @@ class Worker:
                 slot = ListenerSlot(runtime)
                 server = await self._bind(listener, slot)
             self.listeners[name] = BoundListener(
-                str(listener.bind), slot, server, listener.protocol
+                str(listener.bind), slot, server, listener.protocol, _accepts_h2c(listener)
             )
             log.info("listener %s serving on %s", name, ", ".join(self.bound_addresses(name)))
         await self.access_logs.retain(listener.access_log for listener in config.listeners)
@@ -177,6 +207,10 @@ class Worker:
                 slow_start=pool.slow_start,
                 now=now,
             )
+        if self.shared_load is not None:
+            for live in servers:
+                self.shared_load.bind(live)
+            balancer.remote_load = self.shared_load
         connections = {}
         for live in servers:
             address = (live.host, live.port, pool.tls)
@@ -240,14 +274,20 @@ class Worker:
         live_ids = {s.id for p in pools.values() for s in p.connections}
         for key in list(self._live):
             if key not in live_ids:
-                del self._live[key]
+                gone = self._live.pop(key)
+                if self.shared_load is not None:
+                    self.shared_load.unbind(gone)
 
     async def _bind(self, listener: Listener, slot: ListenerSlot) -> asyncio.Server:
         plane = self.plane
         host = listener.bind.host
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        connection = TlsClientConnection if listener.tls else ClientConnection
-        ssl = self.tls.server_context(listener.name, listener.tls)
+        connection: type[ClientConnection] = ClientConnection
+        if listener.tls:
+            connection = TlsClientConnection
+        elif _accepts_h2c(listener):
+            connection = H2cCapableConnection
+        ssl = self.tls.server_context(listener.name, listener.tls, listener.http2.enabled)
         handshake_timeout = listener.timeouts.client_header if listener.tls else None
         inherited = self.inherited.get(listener.name)
         if inherited is not None:
@@ -373,10 +413,17 @@ def _listener_runtime(
         max_uri_length=listener.limits.max_uri_length,
         max_body_size=listener.limits.max_body_size,
         body_timeout=listener.timeouts.client_body,
+        body_min_rate=listener.timeouts.client_body_min_rate,
+        body_min_rate_grace=listener.timeouts.client_body_min_rate_grace,
         tunnel_timeout=listener.timeouts.tunnel,
         max_headers=listener.limits.max_headers,
         max_connections=listener.limits.max_connections,
         max_connections_per_client=listener.limits.max_connections_per_client,
         proxy_protocol=listener.proxy_protocol,
         access_log=access_log,
+        http2=listener.http2,
     )
+
+
+def _accepts_h2c(listener: Listener) -> bool:
+    return listener.protocol == "http" and listener.tls is None and listener.http2.h2c

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from maitred.balancing import Balancer
 from maitred.balancing.base import LiveServer
+from maitred.config.http2_settings import Http2Settings
 from maitred.policies.retry_budget import RetryBudget
 from maitred.proxy.upstream import ServerConnections
 
@@ -146,6 +147,9 @@ class ListenerRuntime:
     max_uri_length: int
     max_body_size: int | None
     body_timeout: float = 30.0
+    #: Minimum request-body data rate in bytes per second (None: none), after a grace.
+    body_min_rate: int | None = None
+    body_min_rate_grace: float = 10.0
     #: Silence after which an upgraded connection (WebSocket) is closed.
     tunnel_timeout: float = 3600.0
     #: Expect a PROXY protocol header (v1 or v2) first on every connection.
@@ -155,6 +159,8 @@ class ListenerRuntime:
     max_connections_per_client: int | None = None
     #: Off by default: one call per answered request when set.
     access_log: AccessLogSink | None = None
+    #: HTTP/2 limits for the listener's h2 connections (new streams read the current one).
+    http2: Http2Settings = Http2Settings()
 
     def route(self, host: bytes, target: bytes) -> RouteRuntime:
         if self.routes:

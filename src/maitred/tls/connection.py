@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 
 from maitred.proxy.http1 import ClientConnection
+from maitred.proxy.http2 import switch_to_http2
 
 
 class TlsClientConnection(ClientConnection):
@@ -20,6 +21,10 @@ class TlsClientConnection(ClientConnection):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # With asyncio's TLS, the protocol hears of a connection once its handshake is done.
         self.slot.tls_handshakes += 1
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+            switch_to_http2(transport, self.plane, self.slot, b"")
+            return
         super().connection_made(transport)
 
     def write_response(self, out: list[bytes]) -> None:

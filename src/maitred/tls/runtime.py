@@ -24,7 +24,9 @@ class TlsRuntime:
 
     # -- listeners ---------------------------------------------------------------
 
-    def server_context(self, name: str, settings: TlsSettings | None) -> ssl.SSLContext | None:
+    def server_context(
+        self, name: str, settings: TlsSettings | None, offer_h2: bool = False
+    ) -> ssl.SSLContext | None:
         """The context to create listener ``name``'s server with (None: plain http).
 
         Raises :class:`maitred.tls.server.TlsLoadError` when its files cannot be loaded.
@@ -32,13 +34,15 @@ class TlsRuntime:
         self.listeners.pop(name, None)
         if settings is None:
             return None
-        listener = ListenerTls(name, settings, self.base_dir)
+        listener = ListenerTls(name, settings, self.base_dir, offer_h2)
         self.listeners[name] = listener
         return listener.front
 
-    def refresh_listener(self, name: str, settings: TlsSettings) -> None:
+    def refresh_listener(
+        self, name: str, settings: TlsSettings, offer_h2: bool | None = None
+    ) -> None:
         """A listener that stays bound: re-read its files, keeping the old ones on failure."""
-        self.listeners[name].reload(settings)
+        self.listeners[name].reload(settings, offer_h2)
 
     def serves_tls(self, name: str) -> bool:
         return name in self.listeners

@@ -28,11 +28,14 @@ log = logging.getLogger("maitred.tls")
 _VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
 
 
-def configure(context: ssl.SSLContext, settings: TlsSettings, base_dir: Path) -> None:
-    """Apply a listener's protocol settings to a server-side context."""
+def configure(
+    context: ssl.SSLContext, settings: TlsSettings, base_dir: Path, offer_h2: bool = False
+) -> None:
+    """Apply a listener's protocol settings to a server-side context; ``offer_h2``
+    puts HTTP/2 first in ALPN (the listener's ``http2.enabled``)."""
     context.minimum_version = _VERSIONS[settings.min_version]
     context.set_ciphers(settings.ciphers)
-    context.set_alpn_protocols(list(settings.alpn))
+    context.set_alpn_protocols((["h2"] if offer_h2 else []) + list(settings.alpn))
     # Client-initiated renegotiation only costs the server CPU.
     context.options |= ssl.OP_NO_RENEGOTIATION
     if settings.client_ca is not None:
@@ -43,13 +46,13 @@ def configure(context: ssl.SSLContext, settings: TlsSettings, base_dir: Path) ->
 
 
 def certificate_context(
-    files: CertificateFiles, settings: TlsSettings, base_dir: Path
+    files: CertificateFiles, settings: TlsSettings, base_dir: Path, offer_h2: bool = False
 ) -> tuple[ssl.SSLContext, tuple[str, ...]]:
     """A server context serving one certificate, and the names the certificate covers;
     an expired certificate is refused like a broken one."""
     cert, key = resolve(files.cert, base_dir), resolve(files.key, base_dir)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    configure(context, settings, base_dir)
+    configure(context, settings, base_dir, offer_h2)
     load_cert_chain(context, cert, key)
     info = read_certificate(cert)
     if info.not_after <= datetime.datetime.now(datetime.UTC):
@@ -82,7 +85,9 @@ class CertificateSet:
         return self.default
 
 
-def load_certificate_set(settings: TlsSettings, base_dir: Path) -> CertificateSet:
+def load_certificate_set(
+    settings: TlsSettings, base_dir: Path, offer_h2: bool = False
+) -> CertificateSet:
     """Load every certificate of ``settings``; raises (OSError, ssl.SSLError, ValueError)
     naming the file at fault."""
     exact: dict[str, ssl.SSLContext] = {}
@@ -90,7 +95,7 @@ def load_certificate_set(settings: TlsSettings, base_dir: Path) -> CertificateSe
     default: ssl.SSLContext | None = None
     for files in settings.certificates:
         try:
-            context, names = certificate_context(files, settings, base_dir)
+            context, names = certificate_context(files, settings, base_dir, offer_h2)
         except (OSError, ssl.SSLError, ValueError) as error:
             raise TlsLoadError(f"{files.cert} / {files.key}: {error}") from error
         default = default or context
@@ -115,14 +120,18 @@ class ListenerTls:
     """The TLS side of one listener: the front context its server uses, and the
     current certificates, reloadable while the server runs."""
 
-    def __init__(self, name: str, settings: TlsSettings, base_dir: Path) -> None:
+    def __init__(
+        self, name: str, settings: TlsSettings, base_dir: Path, offer_h2: bool = False
+    ) -> None:
         self.name = name
         self.settings = settings
         self.base_dir = base_dir
+        #: ALPN offers h2 first (the listener's http2.enabled).
+        self.offer_h2 = offer_h2
         #: Raises when the certificates cannot be loaded: there is nothing to keep.
-        self.certificates = load_certificate_set(settings, base_dir)
+        self.certificates = load_certificate_set(settings, base_dir, offer_h2)
         self.front = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        configure(self.front, settings, base_dir)
+        configure(self.front, settings, base_dir, offer_h2)
         self.front.sni_callback = self._on_client_hello
 
     def _on_client_hello(
@@ -130,16 +139,18 @@ class ListenerTls:
     ) -> None:
         ssl_object.context = self.certificates.choose(server_name)
 
-    def reload(self, settings: TlsSettings | None = None) -> bool:
+    def reload(self, settings: TlsSettings | None = None, offer_h2: bool | None = None) -> bool:
         """Re-read the files (with new ``settings`` if given); on failure keep serving
         the previous certificates and log why. True when the new ones are in service."""
         settings = settings or self.settings
+        offer_h2 = self.offer_h2 if offer_h2 is None else offer_h2
         try:
-            certificates = load_certificate_set(settings, self.base_dir)
-            if settings != self.settings:
+            certificates = load_certificate_set(settings, self.base_dir, offer_h2)
+            if settings != self.settings or offer_h2 != self.offer_h2:
                 front = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-                configure(front, settings, self.base_dir)  # fails here, not half-way below
-                configure(self.front, settings, self.base_dir)
+                # fails here, not half-way below
+                configure(front, settings, self.base_dir, offer_h2)
+                configure(self.front, settings, self.base_dir, offer_h2)
         except (TlsLoadError, OSError, ssl.SSLError) as error:
             log.error(
                 "listener %s: keeping the previous certificates, the new ones failed: %s",
@@ -149,6 +160,7 @@ class ListenerTls:
             return False
         self.certificates = certificates
         self.settings = settings
+        self.offer_h2 = offer_h2
         log.info("listener %s: certificates reloaded", self.name)
         return True
 
