@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.backends import Response, connect, read_response
+from tests.support.backends import BackendProcess, Response, connect, read_response
 from tests.support.bad_backends import Peer, Request, ScriptedServer, send_in_two_parts, send_raw
-from tests.support.balancer import BalancerProcess
+from tests.support.balancer import BalancerFactory, BalancerProcess, pool_yaml
 from tests.support.recording import RecordingServer
 
 TIMEOUT = 5.0
@@ -389,9 +389,8 @@ def test_r_crlf_bare_cr_or_lf_in_the_head_is_400(
 def test_r_crlf_lone_cr_or_lf_between_pipelined_requests_is_400(
     lb: BalancerProcess, recorder: RecordingServer, between: bytes
 ) -> None:
-    """The lone byte before the second request is refused, and the second request never
-    reaches a server. (The 400 is written at once, before the first request's answer:
-    see "Open" in docs/http-policy.md.)"""
+    """The lone byte before the second request is refused after the first request is
+    answered (in order), and the second request never reaches a server."""
     recorder.reset()
     with connect("127.0.0.1", lb.port, TIMEOUT) as sock:
         sock.sendall(
@@ -399,6 +398,7 @@ def test_r_crlf_lone_cr_or_lf_between_pipelined_requests_is_400(
             + between
             + b"GET /second HTTP/1.1\r\nHost: a\r\n\r\n"
         )
+        assert read_response(sock).status == 200
         refused = read_response(sock)
         assert refused.status == 400
         assert b"lone CR or LF" in refused.body
@@ -417,7 +417,8 @@ def test_r_crlf_lone_lf_after_a_content_length_body_is_400(
             b"POST /first HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc"
             b"\nGET /second HTTP/1.1\r\nHost: a\r\n\r\n"
         )
-        refused = read_response(sock, "POST")
+        assert read_response(sock, "POST").status == 200  # answered first, in order
+        refused = read_response(sock)
         assert refused.status == 400
         assert b"lone CR or LF" in refused.body
         assert_closed(sock)
@@ -1382,3 +1383,22 @@ def test_r_resp_balancer_survives_every_rule_above(
     """Runs last in this file: the process is alive and still forwards."""
     assert lb.proc.poll() is None
     settle(lb, recorder)
+
+
+def test_a_refused_pipelined_request_waits_for_the_slow_answer_before_it(
+    balancer: BalancerFactory, backends: list[BackendProcess]
+) -> None:
+    """Two valid pipelined requests (the first answered slowly) then a malformed one:
+    both answers arrive whole and in order, then the 400, then the close."""
+    slow = balancer(pool_yaml([backends[0].address]))
+    with connect("127.0.0.1", slow.port, TIMEOUT) as sock:
+        sock.sendall(
+            b"GET /delay?ms=300 HTTP/1.1\r\nHost: a\r\n\r\n"
+            b"GET /echo HTTP/1.1\r\nHost: a\r\n\r\n"
+            b"GET /x HTTP/1.1\r\nHost: a\r\nBad Name: v\r\n\r\n"
+        )
+        first, second = read_response(sock), read_response(sock)
+        assert (first.status, second.status) == (200, 200)
+        assert second.json()["path"] == "/echo"
+        assert read_response(sock).status == 400
+        assert_closed(sock)

@@ -28,7 +28,7 @@ SWEEP_TICK_SECONDS = 1.0
 class Sweeper:
     """One periodic timer for every far deadline of a loop."""
 
-    __slots__ = ("_loop", "_waiting", "_handle", "tick", "far", "__weakref__")
+    __slots__ = ("_loop", "_waiting", "_handle", "tick", "far", "sweeps", "__weakref__")
 
     def __init__(
         self,
@@ -43,6 +43,8 @@ class Sweeper:
         self._handle: asyncio.TimerHandle | None = None
         self.tick = tick
         self.far = far
+        #: Sweeps done so far (tests wait on it).
+        self.sweeps = 0
 
     def __len__(self) -> int:
         return len(self._waiting)
@@ -56,6 +58,7 @@ class Sweeper:
         self._waiting.discard(deadline)
 
     def _sweep(self) -> None:
+        self.sweeps += 1
         now = self._loop.time()
         done = [deadline for deadline in self._waiting if not deadline._still_far(now)]
         self._waiting.difference_update(done)
@@ -82,6 +85,7 @@ class Deadline:
         "_handle_at",
         "_sweeper",
         "_swept",
+        "_on_quiet",
         "at",
         "period",
         "touched",
@@ -92,9 +96,13 @@ class Deadline:
         loop: asyncio.AbstractEventLoop,
         on_expiry: Callable[[], None],
         sweeper: Sweeper | None = None,
+        on_quiet: Callable[[], None] | None = None,
     ) -> None:
         self._loop = loop
         self._on_expiry = on_expiry
+        #: Called on each sweep that finds the deadline still far: the owner has been
+        #: waiting at least a tick and may shed what it only needs when busy.
+        self._on_quiet = on_quiet
         self._handle: asyncio.TimerHandle | None = None
         self._handle_at = 0.0
         self._sweeper = sweeper_for(loop) if sweeper is None else sweeper
@@ -150,6 +158,8 @@ class Deadline:
             self._swept = False
             return False
         if at - now > self._sweeper.far:
+            if self._on_quiet is not None:
+                self._on_quiet()
             return True
         self._swept = False
         self._handle_at = at

@@ -568,6 +568,7 @@ class ClientConnection(asyncio.Protocol):
         "upgrade",
         "connection_upgrade",
         "tunnel_pending",
+        "refusal",
         "at_boundary",
         "pending_cr",
         "message_ended",
@@ -591,7 +592,8 @@ class ClientConnection(asyncio.Protocol):
         self.slot = slot
         self.loop = plane.loop
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpRequestParser(self)
+        #: None while the connection waits idle (see _shed_parser): made again on data.
+        self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self.client_ip = ""
         self.client_ip_bytes = b""
         self.client_port = 0
@@ -601,7 +603,7 @@ class ClientConnection(asyncio.Protocol):
         #: Idle server connections that announced this client (send_proxy_protocol).
         self.private_upstreams: list[UpstreamConnection] | None = None
         self.starting: Exchange | None = None
-        self.deadline = Deadline(plane.loop, self._on_timeout)
+        self.deadline = Deadline(plane.loop, self._on_timeout, on_quiet=self._shed_parser)
         self.parsing: Exchange | None = None
         self.active: Exchange | None = None
         # Pipelined requests waiting their turn; created on first use (an idle
@@ -627,6 +629,9 @@ class ClientConnection(asyncio.Protocol):
         self.connection_upgrade = False
         #: An exchange whose Upgrade awaits the server's 101: bytes wait in it.
         self.tunnel_pending: Exchange | None = None
+        #: The error answer to a refused pipelined request, waiting for the answers to
+        #: the requests before it (then the connection closes).
+        self.refusal: bytes | None = None
         # Where llhttp is more lenient than the policy, the bytes are checked before it
         # sees them; that needs to know where a request starts (see _parse).
         #: The next byte starts a request (after empty lines); all before it was checked.
@@ -709,6 +714,20 @@ class ClientConnection(asyncio.Protocol):
         if self.active is None and self.parsing is None and self.transport is not None:
             self.transport.close()
 
+    def _shed_parser(self) -> None:
+        """Waiting idle between requests: drop the parser (about 800 bytes with its
+        bound callbacks), the largest part of an idle keep-alive connection."""
+        if (
+            self.parsing is None
+            and self.active is None
+            and self.at_boundary
+            and not self.pending_cr
+            and not self.head_bytes
+            and not self.queue
+            and self.tunnel_pending is None
+        ):
+            self.parser = None
+
     def _on_timeout(self) -> None:
         if self.transport is None:
             return
@@ -784,7 +803,9 @@ class ClientConnection(asyncio.Protocol):
     # -- parsing -----------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self.closing and self.active is None and self.parsing is None:
+        if self.closing and (
+            self.refusal is not None or (self.active is None and self.parsing is None)
+        ):
             return
         if self.tunnel_pending is not None:
             self.tunnel_pending.tunnel_early += data
@@ -824,6 +845,9 @@ class ClientConnection(asyncio.Protocol):
         request ends when that is known (a head without body, a Content-Length body,
         a chunked body's last CRLFCRLF). A piece is a view, never a copy.
         """
+        parser = self.parser
+        if parser is None:
+            parser = self.parser = httptools.HttpRequestParser(self)
         end = len(data)
         pos = 0
         while pos < end:
@@ -900,7 +924,7 @@ class ClientConnection(asyncio.Protocol):
             elif pos or stop != end:
                 piece = memoryview(data)[pos:stop]
             try:
-                self.parser.feed_data(piece)
+                parser.feed_data(piece)
             except Rejected:
                 return False
             except httptools.HttpParserCallbackError as exc:
@@ -1114,6 +1138,7 @@ class ClientConnection(asyncio.Protocol):
         self.deadline.at = None
         runtime = self.slot.runtime
         parser = self.parser
+        assert parser is not None  # data_received made it
         version = parser.get_http_version()
         if version == "1.1":
             http11 = True
@@ -1144,7 +1169,7 @@ class ClientConnection(asyncio.Protocol):
             raise Rejected
         url = self.url
         if url[:1] != b"/":
-            url = self._origin_form(url, host)
+            url = self._origin_form(url, host, method)
             host = self.host
         if b"#" in url:
             self._reject(400, "a fragment is not part of a request target")
@@ -1263,14 +1288,14 @@ class ClientConnection(asyncio.Protocol):
         exchange.start(now)
         self.starting = None
 
-    def _origin_form(self, target: bytes, host: bytes | None) -> bytes:
+    def _origin_form(self, target: bytes, host: bytes | None, method: bytes) -> bytes:
         """The path to forward for an absolute-form target (RFC 9112 section 3.2.2),
         after checking that its authority is the Host header's."""
-        if target == b"*" and self.parser.get_method() == b"OPTIONS":
+        if target == b"*" and method == b"OPTIONS":
             return target
         scheme, sep, rest = target.partition(b"://")
         if not sep or scheme.lower() not in (b"http", b"https"):
-            if self.parser.get_method() == b"CONNECT":
+            if method == b"CONNECT":
                 self._reject(501, "CONNECT is not supported")
             else:
                 self._reject(400, "the request target must be a path or an absolute URI")
@@ -1416,18 +1441,38 @@ class ClientConnection(asyncio.Protocol):
             self.transport.abort()
 
     def _reject(self, status: int, why: str) -> None:
-        """A malformed request: answer, stop parsing, close."""
+        """A malformed request: answer, stop parsing, close.
+
+        Requests before it on the connection (pipelined) are answered first, in order:
+        the refusal waits its turn, and nothing more is read meanwhile."""
         self.closing = True
         self.slot.own_answers[status // 100] += 1
         transport = self.transport
-        if transport is not None:
-            log.info("rejecting request from %s: %d %s", self.client_ip, status, why)
-            transport.write(error_response(status, why, close=True))
-            transport.close()
+        if transport is None:
+            return
+        log.info("rejecting request from %s: %d %s", self.client_ip, status, why)
+        answer = error_response(status, why, close=True)
+        refused = self.parsing
+        if refused is not None and refused is not self.active:
+            self.parsing = None
+            if self.queue and refused in self.queue:
+                self.queue.remove(refused)
+            refused.abandon()
+        active = self.active
+        if active is not None and active is not refused and not active.finished:
+            self.refusal = answer
+            transport.pause_reading()
+            return
+        transport.write(answer)
+        transport.close()
 
     def _close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is not None:
+            if self.refusal is not None:
+                transport.write(self.refusal)
+                self.refusal = None
+            transport.close()
 
 
 _HOST_FORBIDDEN = frozenset(b" \t/\\@?#")

@@ -1,0 +1,106 @@
+"""An idle keep-alive client connection keeps only what it needs to wait.
+
+In process (a real Worker on uvloop, real sockets, a real backend) because what is
+checked is the connection object itself: between requests it holds no parser and
+no timer handle, and it serves the next request as if nothing happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import uvloop
+
+from maitred.config import parse_config_text
+from maitred.control.worker import Worker
+from maitred.proxy.deadline import sweeper_for
+from maitred.proxy.http1 import ClientConnection
+from tests.support.backends import BackendProcess
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: idle.test\r\n\r\n"
+WAIT_SECONDS = 10.0
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.lower() == b"content-length":
+            length = int(value)
+    return head.split(b" ", 2)[1], await reader.readexactly(length)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(WAIT_SECONDS):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+def serve(backend: BackendProcess, scenario: Callable[..., object]) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        worker = Worker(loop)
+        await worker.apply(
+            parse_config_text(
+                f"""
+listeners:
+  - {{name: public, bind: 127.0.0.1:0, pool: web, timeouts: {{idle: 60s}}}}
+pools:
+  web:
+    servers: [{{address: {backend.host}:{backend.port}}}]
+"""
+            )
+        )
+        host, port = worker.bound_addresses("public")[0].rsplit(":", 1)
+        try:
+            await scenario(worker, host, int(port))  # type: ignore[misc]
+        finally:
+            worker.stop_listening()
+            await worker.drain(2.0)
+
+    uvloop.run(main())
+
+
+def only_connection(worker: Worker) -> ClientConnection:
+    (conn,) = worker.plane.connections
+    assert isinstance(conn, ClientConnection)
+    return conn
+
+
+def test_an_idle_keep_alive_connection_sheds_its_parser_and_timer_then_serves_again(
+    backends: list[BackendProcess],
+) -> None:
+    async def scenario(worker: Worker, host: str, port: int) -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(REQUEST)
+        assert (await read_answer(reader))[0] == b"200"
+        conn = only_connection(worker)
+        await until(lambda: conn.parser is None)
+        assert not conn.deadline.holds_timer
+        writer.write(REQUEST)
+        status, body = await read_answer(reader)
+        assert status == b"200" and body.strip() == backends[0].name.encode()
+        writer.close()
+
+    serve(backends[0], scenario)
+
+
+def test_a_connection_in_the_middle_of_a_head_keeps_its_parser(
+    backends: list[BackendProcess],
+) -> None:
+    async def scenario(worker: Worker, host: str, port: int) -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(REQUEST[:20])
+        await until(lambda: len(worker.plane.connections) == 1)
+        conn = only_connection(worker)
+        sweeper = sweeper_for(asyncio.get_running_loop())
+        swept = sweeper.sweeps
+        await until(lambda: sweeper.sweeps >= swept + 2)
+        assert conn.parser is not None
+        writer.write(REQUEST[20:])
+        assert (await read_answer(reader))[0] == b"200"
+        writer.close()
+
+    serve(backends[0], scenario)
