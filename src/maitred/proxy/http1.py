@@ -851,78 +851,106 @@ class ClientConnection(asyncio.Protocol):
         end = len(data)
         pos = 0
         while pos < end:
-            stop = end
-            exact = False  # a request that ends in this piece ends at its end
-            line_from = -1
-            if self.at_boundary:
-                first = data[pos]
-                if first in (CR, LF) or self.pending_cr:
-                    pos, self.pending_cr = skip_empty_lines(data, pos, self.pending_cr)
-                    if pos < 0:
-                        self._reject(400, "a lone CR or LF before the request line")
-                        return False
-                    if pos == end:
-                        return True
+            if (
+                not pos
+                and self.at_boundary
+                and not self.pending_cr
+                and data.endswith(b"\r\n\r\n")
+                and data[0] != CR
+                and data[0] != LF
+                and data.find(b"\t") < 0
+                and (line_end := data.find(b"\r\n")) > 0
+                and data.count(b" ", 0, line_end) <= REQUEST_LINE_SPACES
+                and data.find(b"\r\n\r\n", line_end) == end - 4
+            ):
+                # The common read: one whole request head, nothing after it, no HTAB.
                 self.at_boundary = False
-                self.line_open = True
-                self.line_cr = False
-                self.line_spaces = 0
-                self.line_start = b""
-            if self.line_open:
-                line_from = pos
-                if self.line_cr and data[pos] == LF:
-                    self.line_open = False
-                else:
-                    line_end = data.find(b"\r\n", pos)
-                    self.line_spaces += data.count(b" ", pos, end if line_end < 0 else line_end)
-                    if line_end < 0:
-                        self.line_cr = data[end - 1] == CR
-                        if len(self.line_start) < METHOD_PREFIX:
-                            self.line_start += data[pos : pos + METHOD_PREFIX]
-                    else:
+                self.line_open = False
+                stop = end
+                exact = True
+                line_from = 0
+                exchange = None
+                chunked = False
+                received = 0
+                piece: bytes | memoryview = data
+            else:
+                stop = end
+                exact = False  # a request that ends in this piece ends at its end
+                line_from = -1
+                if self.at_boundary:
+                    first = data[pos]
+                    if first in (CR, LF) or self.pending_cr:
+                        pos, self.pending_cr = skip_empty_lines(data, pos, self.pending_cr)
+                        if pos < 0:
+                            self._reject(400, "a lone CR or LF before the request line")
+                            return False
+                        if pos == end:
+                            return True
+                    self.at_boundary = False
+                    self.line_open = True
+                    self.line_cr = False
+                    self.line_spaces = 0
+                    self.line_start = b""
+                if self.line_open:
+                    line_from = pos
+                    if self.line_cr and data[pos] == LF:
                         self.line_open = False
-                        head_end = data.find(b"\r\n\r\n", line_end)
-                        if head_end >= 0:
-                            stop = head_end + 4
-                            exact = True
-                    if self.line_spaces > REQUEST_LINE_SPACES:
-                        self._reject(400, "invalid request line (repeated spaces)")
-                        return False
-            exchange = None if self.in_head else self.parsing
-            chunked = False
-            received = 0
-            if exchange is not None:
-                if exchange.request_chunked:
-                    # A chunked body ends at a CRLFCRLF: cut at the first one, so that
-                    # the end is where a piece ends (the check before it goes out
-                    # needs that: see on_message_complete).
-                    chunked = True
-                    cut = -1
-                    tail = self.chunk_tail
-                    if tail:
-                        found = (tail + data[pos : pos + 3]).find(b"\r\n\r\n")
-                        if found >= 0:
-                            cut = pos + found + 4 - len(tail)
-                    if cut < 0:
-                        cut = data.find(b"\r\n\r\n", pos)
+                    else:
+                        line_end = data.find(b"\r\n", pos)
+                        self.line_spaces += data.count(b" ", pos, end if line_end < 0 else line_end)
+                        if line_end < 0:
+                            self.line_cr = data[end - 1] == CR
+                            if len(self.line_start) < METHOD_PREFIX:
+                                self.line_start += data[pos : pos + METHOD_PREFIX]
+                        else:
+                            self.line_open = False
+                            head_end = data.find(b"\r\n\r\n", line_end)
+                            if head_end >= 0:
+                                stop = head_end + 4
+                                exact = True
+                        if self.line_spaces > REQUEST_LINE_SPACES:
+                            self._reject(400, "invalid request line (repeated spaces)")
+                            return False
+                exchange = None if self.in_head else self.parsing
+                chunked = False
+                received = 0
+                if exchange is not None:
+                    if exchange.request_chunked:
+                        # A chunked body ends at a CRLFCRLF: cut at the first one, so that
+                        # the end is where a piece ends (the check before it goes out
+                        # needs that: see on_message_complete).
+                        chunked = True
+                        cut = -1
+                        tail = self.chunk_tail
+                        if tail:
+                            found = (tail + data[pos : pos + 3]).find(b"\r\n\r\n")
+                            if found >= 0:
+                                cut = pos + found + 4 - len(tail)
+                        if cut < 0:
+                            cut = data.find(b"\r\n\r\n", pos)
+                            if cut >= 0:
+                                cut += 4
                         if cut >= 0:
-                            cut += 4
-                    if cut >= 0:
-                        stop = cut
+                            stop = cut
+                            exact = True
+                        self.body_spans = 0
+                        received = exchange.body_received
+                        self.chunk_piece = (data, pos, stop, received)
+                    else:
+                        left = self.body_length - exchange.body_received
+                        if left < end - pos:
+                            stop = pos + left
                         exact = True
-                    self.body_spans = 0
-                    received = exchange.body_received
-                    self.chunk_piece = (data, pos, stop, received)
-                else:
-                    left = self.body_length - exchange.body_received
-                    if left < end - pos:
-                        stop = pos + left
-                    exact = True
-            piece: bytes | memoryview = data
-            if self.in_head and data.find(b"\t\r\n", pos, stop) >= 0:
-                piece = normalize_transfer_encoding(data[pos:stop])
-            elif pos or stop != end:
-                piece = memoryview(data)[pos:stop]
+                piece = data
+                # A lone HTAB search is a memchr; the exact one only when a HTAB is there.
+                if (
+                    self.in_head
+                    and data.find(b"\t", pos, stop) >= 0
+                    and data.find(b"\t\r\n", pos, stop) >= 0
+                ):
+                    piece = normalize_transfer_encoding(data[pos:stop])
+                elif pos or stop != end:
+                    piece = memoryview(data)[pos:stop]
             try:
                 parser.feed_data(piece)
             except Rejected:

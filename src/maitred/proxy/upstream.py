@@ -379,6 +379,11 @@ class UpstreamConnection(asyncio.Protocol):
                     return -1
                 if pos == end:
                     return end
+            if end > pos + 9 and data[pos + 9] != 0x31 and data.find(b"\t", pos) < 0:
+                # A final answer ("HTTP/1.1 2xx") without a HTAB anywhere: nothing to
+                # cut or normalise (the common case; a lone HTAB search is a memchr).
+                self.answer_start = False
+                return pos
             head_end = data.find(b"\r\n\r\n", pos)
             if head_end < 0:
                 # The head goes on in the next read; if it may be an interim answer's
