@@ -3,6 +3,8 @@ client certificates, X-Forwarded-Proto and the redirect from http to https."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -220,3 +222,61 @@ def test_plain_listeners_without_redirect_are_not_redirected(
     echoed = http_request("127.0.0.1", lb.port, "GET", "/echo").json()
     headers = {name.lower(): value for name, value in echoed["headers"]}
     assert headers["x-forwarded-proto"] == "http"
+
+
+def _whole_answer(plain: bytes) -> bool:
+    head, found, body = plain.partition(b"\r\n\r\n")
+    if not found:
+        return False
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.lower() == b"content-length":
+            return len(body) >= int(value)
+    raise AssertionError("an answer without Content-Length")
+
+
+def _tls12_records_of_one_answer(port: int, ca: trustme.CA) -> tuple[int, bytes]:
+    """Send one GET over TLS 1.2 (no post-handshake messages) on a raw socket driven
+    through a MemoryBIO; count the application-data records the whole answer took."""
+    context = client_context(ca)
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="alpha.test")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                sock.sendall(outgoing.read())
+                incoming.write(sock.recv(65536))
+        sock.sendall(outgoing.read())
+        tls.write(b"GET / HTTP/1.1\r\nHost: alpha.test\r\n\r\n")
+        sock.sendall(outgoing.read())
+        raw = b""
+        plain = b""
+        while not _whole_answer(plain):
+            chunk = sock.recv(65536)
+            assert chunk, "connection closed before the answer"
+            raw += chunk
+            incoming.write(chunk)
+            with contextlib.suppress(ssl.SSLWantReadError):
+                while True:
+                    plain += tls.read(65536)
+    records = 0
+    offset = 0
+    while offset + 5 <= len(raw):
+        content_type, length = raw[offset], int.from_bytes(raw[offset + 3 : offset + 5])
+        records += content_type == 23
+        offset += 5 + length
+    return records, plain
+
+
+def test_a_small_answer_is_one_tls_record(
+    three_certificates: BalancerProcess, pki: Pki, backends: list[BackendProcess]
+) -> None:
+    """The relay joins an answer's pieces (head, body) before TLS encrypts them: one
+    record and one encryption per delivery, not one per piece."""
+    records, plain = _tls12_records_of_one_answer(three_certificates.port, pki.ca)
+    assert plain.startswith(b"HTTP/1.1 200") and plain.endswith(f"{backends[0].name}\n".encode())
+    assert records == 1

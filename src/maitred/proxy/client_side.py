@@ -31,6 +31,9 @@ class ExchangeClient(Protocol):
     paused: int
     #: An exchange whose Upgrade awaits the server's 101 (HTTP/1.1 only).
     tunnel_pending: Exchange | None
+    #: Join the pieces of one delivery into one write (one TLS record) instead of
+    #: writelines (one writev on a plain socket).
+    joins_writes: bool
 
     @property
     def write_paused(self) -> bool:

@@ -177,6 +177,9 @@ class StreamTransport(asyncio.Transport):
 class H2Stream:
     """One request/answer on an HTTP/2 connection; the ``Exchange``'s client side."""
 
+    #: The stream transport re-frames pieces as they come; joining would only copy.
+    joins_writes = False
+
     __slots__ = (
         "connection",
         "stream_id",

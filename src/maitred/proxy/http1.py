@@ -532,6 +532,9 @@ class Exchange:
 
 
 class ClientConnection(asyncio.Protocol):
+    #: Answer pieces go out in one writelines (one writev); see TlsClientConnection.
+    joins_writes = False
+
     __slots__ = (
         "plane",
         "slot",
@@ -1396,11 +1399,6 @@ class ClientConnection(asyncio.Protocol):
             self.exchange_done(exchange, self.loop.time())
 
     # -- answering ---------------------------------------------------------------
-
-    def write_response(self, out: list[bytes]) -> None:
-        transport = self.transport
-        if transport is not None:
-            transport.writelines(out)
 
     def exchange_done(self, exchange: Exchange, now: float) -> None:
         if exchange is not self.active:

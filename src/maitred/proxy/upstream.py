@@ -434,7 +434,10 @@ class UpstreamConnection(asyncio.Protocol):
             client.slot.bytes_out += sum(map(len, out))
             transport = client.transport
             if transport is not None:
-                transport.writelines(out)
+                if client.joins_writes and len(out) > 1:
+                    transport.write(b"".join(out))
+                else:
+                    transport.writelines(out)
         if self.complete:
             self.exchange = None
             self.deadline.at = None
