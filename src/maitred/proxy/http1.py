@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 import httptools
 
 from maitred.proxy import proxy_protocol
+from maitred.proxy.client_identity import ClientIdentity
 from maitred.proxy.deadline import Deadline
 from maitred.proxy.framing import (
     CONNECTION,
@@ -531,7 +532,7 @@ class Exchange:
         self.finished = True
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(ClientIdentity, asyncio.Protocol):
     #: Answer pieces go out in one writelines (one writev); see TlsClientConnection.
     joins_writes = False
 
@@ -1057,35 +1058,6 @@ class ClientConnection(asyncio.Protocol):
         if header.destination is not None:
             self.local_address = header.destination
         return buffered[header.length :]
-
-    def proxy_header(self, version: str) -> bytes:
-        """The PROXY protocol header announcing this client to a server."""
-        if not self.local_address[0] and self.transport is not None:
-            local = self.transport.get_extra_info("sockname")
-            self.local_address = (local[0], local[1]) if local else ("0.0.0.0", 0)
-        build = proxy_protocol.header_v2 if version == "v2" else proxy_protocol.header_v1
-        return build((self.client_ip, self.client_port), self.local_address)
-
-    def take_private(self, servers: ServerConnections) -> UpstreamConnection | None:
-        """One of this client's own idle connections to ``servers``, if alive."""
-        mine = self.private_upstreams
-        if not mine:
-            return None
-        for conn in [c for c in mine if c.servers is servers]:
-            mine.remove(conn)
-            if conn.transport is not None:
-                return conn
-        return None
-
-    def keep_private(self, conn: UpstreamConnection) -> None:
-        if self.transport is None:
-            conn.close()
-            return
-        conn.exchange = None
-        conn.resume_reading()
-        if self.private_upstreams is None:
-            self.private_upstreams = []
-        self.private_upstreams.append(conn)
 
     def _new_head(self) -> None:
         """Forget the last request head; the next one starts from here."""

@@ -31,7 +31,7 @@ from h2.errors import ErrorCodes
 from h2.stream import StreamInputs
 from hyperframe.frame import GoAwayFrame
 
-from maitred.proxy import proxy_protocol
+from maitred.proxy.client_identity import ClientIdentity
 from maitred.proxy.deadline import Deadline
 from maitred.proxy.h2_hpack import StatelessEncoder
 from maitred.proxy.h2_stream import H2Stream, StreamTransport
@@ -40,7 +40,7 @@ from maitred.proxy.http1 import ClientConnection, DataPlane
 if TYPE_CHECKING:
     from maitred.config.http2_settings import Http2Settings
     from maitred.proxy.routing import ListenerSlot
-    from maitred.proxy.upstream import ServerConnections, UpstreamConnection
+    from maitred.proxy.upstream import UpstreamConnection
 
 log = logging.getLogger("maitred.http2")
 
@@ -171,7 +171,7 @@ class _ServerConnection(h2.connection.H2Connection):
         return bytes(data)
 
 
-class Http2Connection(asyncio.Protocol):
+class Http2Connection(ClientIdentity, asyncio.Protocol):
     """One client's HTTP/2 connection."""
 
     def __init__(self, plane: DataPlane, slot: ListenerSlot) -> None:
@@ -614,35 +614,6 @@ class Http2Connection(asyncio.Protocol):
                 self.transport.close()
         else:
             self._arm_idle()
-
-    # -- what streams share -------------------------------------------------------------
-
-    def proxy_header(self, version: str) -> bytes:
-        if not self.local_address[0] and self.transport is not None:
-            local = self.transport.get_extra_info("sockname")
-            self.local_address = (local[0], local[1]) if local else ("0.0.0.0", 0)
-        build = proxy_protocol.header_v2 if version == "v2" else proxy_protocol.header_v1
-        return build((self.client_ip, self.client_port), self.local_address)
-
-    def take_private(self, servers: ServerConnections) -> UpstreamConnection | None:
-        mine = self.private_upstreams
-        if not mine:
-            return None
-        for conn in [c for c in mine if c.servers is servers]:
-            mine.remove(conn)
-            if conn.transport is not None:
-                return conn
-        return None
-
-    def keep_private(self, conn: UpstreamConnection) -> None:
-        if self.transport is None:
-            conn.close()
-            return
-        conn.exchange = None
-        conn.resume_reading()
-        if self.private_upstreams is None:
-            self.private_upstreams = []
-        self.private_upstreams.append(conn)
 
 
 def switch_to_http2(

@@ -115,6 +115,20 @@ class PoolRuntime:
     #: Answers the balancer gave itself for this pool (502/503/504...) by status class.
     own_answers: list[int] = field(default_factory=lambda: [0] * 6)
 
+    def take_for_connection(
+        self, key: str, tried: list[LiveServer], attempts: int, now: float
+    ) -> LiveServer | None:
+        """A server for a layer-4 connection hashed on ``key``, counted as in use;
+        None when none is left (every server tried, or ``attempts`` made)."""
+        balancer = self.balancer
+        server = balancer.pick(key, (), now, tried) if tried else balancer.pick(key, (), now)
+        if server is None or len(tried) >= attempts:
+            return None
+        server.active += 1
+        server.requests += 1
+        self.requests += 1
+        return server
+
 
 @dataclass(frozen=True, slots=True)
 class RouteRuntime:

@@ -140,21 +140,17 @@ class TcpClient(asyncio.Protocol):
     # -- choosing and reaching a server ------------------------------------------
 
     def _connect(self) -> None:
-        pool = self.runtime.pool
-        now = self.loop.time()
-        if self.tried:
-            server = pool.balancer.pick(self.client_address[0], (), now, self.tried)
-        else:
-            server = pool.balancer.pick(self.client_address[0], (), now)
-        if server is None or len(self.tried) >= self.runtime.connect_attempts:
-            log.warning("tcp listener %s: no server available for %s", self.runtime.name, pool.name)
+        runtime = self.runtime
+        pool = runtime.pool
+        server = pool.take_for_connection(
+            self.client_address[0], self.tried, runtime.connect_attempts, self.loop.time()
+        )
+        if server is None:
+            log.warning("tcp listener %s: no server available for %s", runtime.name, pool.name)
             if self.transport is not None:
                 self.transport.close()
             return
         self.server = server
-        server.active += 1
-        server.requests += 1
-        pool.requests += 1
         task = self.loop.create_task(self._open(server, pool.connect_timeout))
         task.add_done_callback(self._connected)
 

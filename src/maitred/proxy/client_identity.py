@@ -1,0 +1,60 @@
+"""What a client connection (HTTP/1.1 or HTTP/2) tells servers about its client.
+
+With ``send_proxy_protocol`` on a pool, a server connection announces one client
+(a PROXY header first), so it may only serve that client again: such connections
+are kept by the client connection, not in the pool, and closed with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from maitred.proxy import proxy_protocol
+
+if TYPE_CHECKING:
+    from maitred.proxy.upstream import ServerConnections, UpstreamConnection
+
+
+class ClientIdentity:
+    """Mixed into the client-side protocols, which hold these attributes in their own
+    slots (an empty ``__slots__`` here keeps them free of a ``__dict__``; mypy cannot
+    see the subclasses' slots, hence the two ignores)."""
+
+    __slots__ = ()
+
+    transport: asyncio.Transport | None
+    client_ip: str
+    client_port: int
+    local_address: tuple[str, int]
+    #: Idle server connections that announced this client (send_proxy_protocol).
+    private_upstreams: list[UpstreamConnection] | None
+
+    def proxy_header(self, version: str) -> bytes:
+        """The PROXY protocol header announcing this client to a server."""
+        if not self.local_address[0] and self.transport is not None:
+            local = self.transport.get_extra_info("sockname")
+            self.local_address = (local[0], local[1]) if local else ("0.0.0.0", 0)  # type: ignore[misc]
+        build = proxy_protocol.header_v2 if version == "v2" else proxy_protocol.header_v1
+        return build((self.client_ip, self.client_port), self.local_address)
+
+    def take_private(self, servers: ServerConnections) -> UpstreamConnection | None:
+        """One of this client's own idle connections to ``servers``, if alive."""
+        mine = self.private_upstreams
+        if not mine:
+            return None
+        for conn in [c for c in mine if c.servers is servers]:
+            mine.remove(conn)
+            if conn.transport is not None:
+                return conn
+        return None
+
+    def keep_private(self, conn: UpstreamConnection) -> None:
+        if self.transport is None:
+            conn.close()
+            return
+        conn.exchange = None
+        conn.resume_reading()
+        if self.private_upstreams is None:
+            self.private_upstreams = []  # type: ignore[misc]
+        self.private_upstreams.append(conn)
