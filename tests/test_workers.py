@@ -5,13 +5,11 @@ from __future__ import annotations
 import os
 import re
 import signal
-import threading
-import time
-from collections.abc import Callable, Iterator
-from typing import TypeVar
+from collections.abc import Iterator
 
 import pytest
 
+from tests.support.admin import eventually, metric
 from tests.support.backends import (
     BackendProcess,
     build_request,
@@ -21,8 +19,6 @@ from tests.support.backends import (
 )
 from tests.support.balancer import BalancerFactory, BalancerProcess
 from tests.support.load import SteadyLoad
-
-T = TypeVar("T")
 
 
 def workers_config(backends: list[BackendProcess], extra_server: str = "") -> str:
@@ -39,26 +35,6 @@ pools:
     servers:
 {servers}
 {extra_server}"""
-
-
-def eventually(read: Callable[[], T], done: Callable[[T], bool], timeout: float = 10.0) -> T:
-    """Poll ``read`` (the supervisor sums worker counters once a second) until ``done``."""
-    deadline = time.monotonic() + timeout
-    value = read()
-    while not done(value) and time.monotonic() < deadline:
-        threading.Event().wait(0.05)
-        value = read()
-    return value
-
-
-def metric(lb: BalancerProcess, name: str) -> dict[str, float]:
-    text = http_request(*lb.admin, "GET", "/metrics").body.decode()
-    values = {}
-    for line in text.splitlines():
-        if line.startswith(name):
-            labels, value = line.rsplit(" ", 1)
-            values[labels] = float(value)
-    return values
 
 
 @pytest.fixture

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import multiprocessing
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
-from typing import TypeVar
 
 import pytest
 
@@ -27,17 +25,14 @@ from maitred.policies.rate_limit_shared import (
     SharedRateTable,
     table_bytes,
 )
-from tests.support.admin import servers_by_id
+from tests.support.admin import eventually, metric, servers_by_id
 from tests.support.backends import (
     BackendProcess,
     build_request,
     connect,
-    http_request,
     read_response,
 )
 from tests.support.balancer import BalancerFactory, BalancerProcess
-
-T = TypeVar("T")
 
 SECOND = NANOSECONDS
 #: Burst 3, then one request per hour: nothing refills during a test.
@@ -247,26 +242,6 @@ def test_least_connections_counts_the_other_workers_requests() -> None:
 
 
 # -- through a real maitred with two workers ---------------------------------------------
-
-
-def eventually(read: Callable[[], T], done: Callable[[T], bool], timeout: float = 15.0) -> T:
-    """Poll ``read`` (workers report their counters once a second) until ``done``."""
-    deadline = time.monotonic() + timeout
-    value = read()
-    while not done(value) and time.monotonic() < deadline:
-        threading.Event().wait(0.05)
-        value = read()
-    return value
-
-
-def metric(lb: BalancerProcess, name: str) -> dict[str, float]:
-    text = http_request(*lb.admin, "GET", "/metrics").body.decode()
-    values = {}
-    for line in text.splitlines():
-        if line.startswith(name):
-            labels, value = line.rsplit(" ", 1)
-            values[labels] = float(value)
-    return values
 
 
 def accepted_by_worker(lb: BalancerProcess) -> dict[str, float]:

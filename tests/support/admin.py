@@ -7,7 +7,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tests.support.backends import (
     BackendProcess,
@@ -18,6 +18,8 @@ from tests.support.backends import (
     read_response,
 )
 from tests.support.balancer import BalancerProcess
+
+T = TypeVar("T")
 
 
 def admin_config(
@@ -100,3 +102,25 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0, every: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         time.sleep(every)
+
+
+def eventually(read: Callable[[], T], done: Callable[[T], bool], timeout: float = 15.0) -> T:
+    """Poll ``read`` until ``done`` holds or ``timeout`` passes; the last value read.
+    (Worker processes report their counters to the supervisor once a second.)"""
+    deadline = time.monotonic() + timeout
+    value = read()
+    while not done(value) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        value = read()
+    return value
+
+
+def metric(lb: BalancerProcess, name: str) -> dict[str, float]:
+    """The samples of one Prometheus metric on /metrics, by their label text."""
+    text = http_request(*lb.admin, "GET", "/metrics").body.decode()
+    values = {}
+    for line in text.splitlines():
+        if line.startswith(name):
+            labels, value = line.rsplit(" ", 1)
+            values[labels] = float(value)
+    return values
