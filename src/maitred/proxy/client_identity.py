@@ -25,6 +25,7 @@ class ClientIdentity:
 
     transport: asyncio.Transport | None
     client_ip: str
+    #: 0 until known from a PROXY header; then the socket's peer port is used.
     client_port: int
     local_address: tuple[str, int]
     #: Idle server connections that announced this client (send_proxy_protocol).
@@ -35,8 +36,12 @@ class ClientIdentity:
         if not self.local_address[0] and self.transport is not None:
             local = self.transport.get_extra_info("sockname")
             self.local_address = (local[0], local[1]) if local else ("0.0.0.0", 0)  # type: ignore[misc]
+        port = self.client_port
+        if not port and self.transport is not None:
+            peer = self.transport.get_extra_info("peername")
+            port = peer[1] if peer else 0
         build = proxy_protocol.header_v2 if version == "v2" else proxy_protocol.header_v1
-        return build((self.client_ip, self.client_port), self.local_address)
+        return build((self.client_ip, port), self.local_address)
 
     def take_private(self, servers: ServerConnections) -> UpstreamConnection | None:
         """One of this client's own idle connections to ``servers``, if alive."""

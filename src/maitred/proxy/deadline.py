@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import Callable
+from types import MethodType
+from typing import Any
 
 #: Deadlines further than this wait in the sweeper instead of holding a timer.
 FAR_SECONDS = 2.0
@@ -80,6 +82,7 @@ def sweeper_for(loop: asyncio.AbstractEventLoop) -> Sweeper:
 class Deadline:
     __slots__ = (
         "_loop",
+        "_owner",
         "_on_expiry",
         "_handle",
         "_handle_at",
@@ -99,10 +102,15 @@ class Deadline:
         on_quiet: Callable[[], None] | None = None,
     ) -> None:
         self._loop = loop
-        self._on_expiry = on_expiry
+        # A bound method costs 64 bytes per connection and per callback: keep its
+        # owner and its function instead (an idle connection is mostly overhead).
+        self._owner, self._on_expiry = _split(on_expiry)
         #: Called on each sweep that finds the deadline still far: the owner has been
         #: waiting at least a tick and may shed what it only needs when busy.
-        self._on_quiet = on_quiet
+        self._on_quiet: Callable[[Any], None] | None = None
+        if on_quiet is not None:
+            quiet_owner, self._on_quiet = _split(on_quiet)
+            assert quiet_owner is None or quiet_owner is self._owner
         self._handle: asyncio.TimerHandle | None = None
         self._handle_at = 0.0
         self._sweeper = sweeper_for(loop) if sweeper is None else sweeper
@@ -159,7 +167,7 @@ class Deadline:
             return False
         if at - now > self._sweeper.far:
             if self._on_quiet is not None:
-                self._on_quiet()
+                self._on_quiet(self._owner)
             return True
         self._swept = False
         self._handle_at = at
@@ -179,4 +187,12 @@ class Deadline:
             self._schedule(at, now)
             return
         self.at = None
-        self._on_expiry()
+        self._on_expiry(self._owner)
+
+
+def _split(callback: Callable[[], None]) -> tuple[Any, Callable[[Any], None]]:
+    """(owner, function taking the owner) for a bound method; other callables are
+    wrapped. Both callbacks of one deadline must be methods of the same owner."""
+    if isinstance(callback, MethodType):
+        return callback.__self__, callback.__func__
+    return None, lambda _owner: callback()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 from bisect import bisect_left
 from collections import deque
 from time import monotonic
@@ -532,6 +533,46 @@ class Exchange:
         self.finished = True
 
 
+class BodyProgress:
+    """The request body being read: what the strict framing checks and the minimum
+    data rate need. One per request with a body; requests without one share NO_BODY
+    (which only ever sees its default values written back), so these fields cost an
+    idle connection one slot, not nine."""
+
+    __slots__ = (
+        "body_length",
+        "body_spans",
+        "last_body",
+        "chunk_line",
+        "chunk_tail",
+        "chunk_piece",
+        "rate_base",
+        "seconds_per_byte",
+        "rate_paused_at",
+    )
+
+    def __init__(self, body_length: int = 0) -> None:
+        #: The Content-Length of the request being read.
+        self.body_length = body_length
+        #: Chunked bodies: data spans and the last one in a read, and the length of a
+        #: chunk-size or trailer line not finished at the end of the last read.
+        self.body_spans = 0
+        self.last_body = b""
+        self.chunk_line = 0
+        #: The last bytes of the last chunked piece (a CRLFCRLF may straddle two reads),
+        #: and the piece being parsed: (data, start, stop, body bytes before it).
+        self.chunk_tail = b""
+        self.chunk_piece: tuple[bytes, int, int, int] | None = None
+        #: Minimum body data rate: when the allowance started (after the grace), and
+        #: 1/rate (0: no minimum); when reading paused (a pause is not the client's).
+        self.rate_base = 0.0
+        self.seconds_per_byte = 0.0
+        self.rate_paused_at: float | None = None
+
+
+NO_BODY = BodyProgress()
+
+
 class ClientConnection(ClientIdentity, asyncio.Protocol):
     #: Answer pieces go out in one writelines (one writev); see TlsClientConnection.
     joins_writes = False
@@ -573,6 +614,7 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
         "connection_upgrade",
         "tunnel_pending",
         "refusal",
+        "body",
         "at_boundary",
         "pending_cr",
         "message_ended",
@@ -580,15 +622,6 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
         "line_cr",
         "line_spaces",
         "line_start",
-        "body_length",
-        "body_spans",
-        "last_body",
-        "chunk_line",
-        "chunk_tail",
-        "chunk_piece",
-        "rate_base",
-        "seconds_per_byte",
-        "rate_paused_at",
     )
 
     def __init__(self, plane: DataPlane, slot: ListenerSlot) -> None:
@@ -650,31 +683,19 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
         self.line_cr = False
         self.line_spaces = 0
         self.line_start = b""
-        #: The Content-Length of the request being read.
-        self.body_length = 0
-        #: Chunked bodies: data spans and the last one in a read, and the length of a
-        #: chunk-size or trailer line not finished at the end of the last read.
-        self.body_spans = 0
-        self.last_body = b""
-        self.chunk_line = 0
-        #: The last bytes of the last chunked piece (a CRLFCRLF may straddle two reads),
-        #: and the piece being parsed: (data, start, stop, body bytes before it).
-        self.chunk_tail = b""
-        self.chunk_piece: tuple[bytes, int, int, int] | None = None
-        #: Minimum body data rate: when the allowance started (after the grace), and
-        #: 1/rate (0: no minimum); when reading paused (a pause is not the client's).
-        self.rate_base = 0.0
-        self.seconds_per_byte = 0.0
-        self.rate_paused_at: float | None = None
+        #: The request body being read (a shared blank until the first body comes).
+        self.body: BodyProgress = NO_BODY
 
     # -- connection lifecycle ----------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
-        self.client_ip = peer[0] if peer else ""
-        self.client_port = peer[1] if peer else 0
-        self.client_ip_bytes = self.client_ip.encode()
+        # Interned: connections from one address share one string.
+        self.client_ip = sys.intern(peer[0]) if peer else ""
+        # client_port stays 0 (read from the socket when a PROXY header needs it): a
+        # port is an int object of its own, and most connections never need it.
+        self.client_ip_bytes = address_bytes(self.client_ip)
         self.plane.connections.add(self)
         self.plane.accepted += 1
         slot = self.slot
@@ -731,6 +752,8 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
             and self.tunnel_pending is None
         ):
             self.parser = None
+            self.parts = _NO_PARTS  # a new list comes with the next parser
+            self.body = NO_BODY
 
     def _on_timeout(self) -> None:
         if self.transport is None:
@@ -744,7 +767,7 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
             exchange.abandon()
             if not exchange.response_begun:
                 why = "request body not received in time"
-                if self.seconds_per_byte and self.loop.time() >= self._rate_deadline(exchange):
+                if self.body.seconds_per_byte and self.loop.time() >= self._rate_deadline(exchange):
                     why = "request body arriving below the minimum data rate"
                     log.info("closing a connection from %s: %s", self.client_ip, why)
                 self.transport.write(error_response(408, why, close=True))
@@ -758,8 +781,8 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
     def pause_reading(self, reason: int) -> None:
         if not self.paused and self.transport is not None:
             self.transport.pause_reading()
-            if self.seconds_per_byte and self.parsing is not None:
-                self.rate_paused_at = self.loop.time()
+            if self.body.seconds_per_byte and self.parsing is not None:
+                self.body.rate_paused_at = self.loop.time()
                 self.deadline.disarm()
         self.paused |= reason
 
@@ -768,23 +791,23 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
             self.paused &= ~reason
             if not self.paused and self.transport is not None:
                 self.transport.resume_reading()
-                if self.rate_paused_at is not None:
+                if self.body.rate_paused_at is not None:
                     self._rate_resumed()
 
     def _rate_resumed(self) -> None:
         """Reading resumes in a body with a minimum rate: the pause does not count."""
         now = self.loop.time()
-        paused_at, self.rate_paused_at = self.rate_paused_at, None
+        paused_at, self.body.rate_paused_at = self.body.rate_paused_at, None
         exchange = self.parsing
         if exchange is None or paused_at is None:
             return
-        self.rate_base += now - paused_at
+        self.body.rate_base += now - paused_at
         timeout = self.slot.runtime.body_timeout
         self.deadline.arm_at(min(now + timeout, self._rate_deadline(exchange)), timeout)
 
     def _rate_deadline(self, exchange: Exchange) -> float:
         """When the body received so far stops covering the minimum data rate."""
-        return self.rate_base + exchange.body_received * self.seconds_per_byte
+        return self.body.rate_base + exchange.body_received * self.body.seconds_per_byte
 
     def pause_reading_for_upstream(self) -> None:
         self.pause_reading(PAUSE_UPSTREAM)
@@ -824,7 +847,7 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
             data = rest
         if self.in_head:
             self.head_bytes += len(data)
-        elif not self.seconds_per_byte:
+        elif not self.body.seconds_per_byte:
             # A body is arriving: inactivity timeout (with a minimum rate, on_body
             # moves the deadline itself).
             self.deadline.touched = True
@@ -852,6 +875,7 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
         parser = self.parser
         if parser is None:
             parser = self.parser = httptools.HttpRequestParser(self)
+            self.parts = []
         end = len(data)
         pos = 0
         while pos < end:
@@ -925,7 +949,7 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
                         # needs that: see on_message_complete).
                         chunked = True
                         cut = -1
-                        tail = self.chunk_tail
+                        tail = self.body.chunk_tail
                         if tail:
                             found = (tail + data[pos : pos + 3]).find(b"\r\n\r\n")
                             if found >= 0:
@@ -937,11 +961,11 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
                         if cut >= 0:
                             stop = cut
                             exact = True
-                        self.body_spans = 0
+                        self.body.body_spans = 0
                         received = exchange.body_received
-                        self.chunk_piece = (data, pos, stop, received)
+                        self.body.chunk_piece = (data, pos, stop, received)
                     else:
-                        left = self.body_length - exchange.body_received
+                        left = self.body.body_length - exchange.body_received
                         if left < end - pos:
                             stop = pos + left
                         exact = True
@@ -978,12 +1002,14 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
                 self._reject(*_classify_parse_error(str(exc)))
                 return False
             if chunked and exchange is not None:
-                self.chunk_piece = None
+                self.body.chunk_piece = None
                 if self.parsing is exchange:
                     if not self._chunk_lines_ok(exchange, data, pos, stop, received):
                         return False
                     tail = data[max(pos, stop - 3) : stop]
-                    self.chunk_tail = tail if stop - pos >= 3 else (self.chunk_tail + tail)[-3:]
+                    self.body.chunk_tail = (
+                        tail if stop - pos >= 3 else (self.body.chunk_tail + tail)[-3:]
+                    )
             self.at_boundary = self.message_ended and (exact or data[stop - 1] == LF)
             pos = stop
         return True
@@ -995,9 +1021,9 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
         MAX_CHUNK_LINE: per chunk of the piece parsed, and for a line that runs on
         from the last piece. False: the request was refused."""
         ended = self.parsing is not exchange
-        spans = self.body_spans
+        spans = self.body.body_spans
         framing = stop - pos - (exchange.body_received - received)
-        line = self.chunk_line
+        line = self.body.chunk_line
         if line:
             line_end = data.find(b"\n", pos, stop)
             line += (stop if line_end < 0 else line_end) - pos
@@ -1008,12 +1034,12 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
             else:
                 self._reject(400, "chunk-size or trailer line too long")
             return False
-        last = self.last_body
+        last = self.body.last_body
         if ended or (spans and data.startswith(last, stop - len(last))):
-            self.chunk_line = 0  # at the end of the body, or inside chunk data
+            self.body.chunk_line = 0  # at the end of the body, or inside chunk data
         else:
             line_end = data.rfind(b"\n", pos, stop)
-            self.chunk_line = stop - line_end - 1 if line_end >= 0 else line
+            self.body.chunk_line = stop - line_end - 1 if line_end >= 0 else line
         return True
 
     def _upgrade_requested(self, after: bytes) -> None:
@@ -1251,18 +1277,16 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
         ):
             # A body follows: from here the deadline is the body's inactivity timeout.
             self.deadline.arm(runtime.body_timeout)
-            self.body_length = 0 if exchange.request_chunked else int(self.content_length or 0)
-            self.chunk_line = 0
-            self.chunk_tail = b""
+            self.body = body = BodyProgress(
+                0 if exchange.request_chunked else int(self.content_length or 0)
+            )
             if runtime.body_min_rate is not None:
                 # Past the grace, each byte buys 1/rate s (on_body moves the deadline).
-                self.seconds_per_byte = 1.0 / runtime.body_min_rate
-                self.rate_base = self.loop.time() + runtime.body_min_rate_grace
+                body.seconds_per_byte = 1.0 / runtime.body_min_rate
+                body.rate_base = self.loop.time() + runtime.body_min_rate_grace
                 self.deadline.arm_at(
-                    min(self.rate_base, self.deadline.at or self.rate_base), runtime.body_timeout
+                    min(body.rate_base, self.deadline.at or body.rate_base), runtime.body_timeout
                 )
-            else:
-                self.seconds_per_byte = 0.0
         self.parsing = exchange
         exchange.route = (
             runtime.route(host or b"", url) if runtime.routes else runtime.default_route
@@ -1334,15 +1358,15 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
             raise Rejected
         if exchange.finished:
             return  # answered already (an error): the rest of the body is discarded
-        if self.seconds_per_byte and self.rate_paused_at is None:
+        if self.body.seconds_per_byte and self.body.rate_paused_at is None:
             # Later only, so an attribute write: no timer call per read.
             self.deadline.at = min(
                 self.loop.time() + self.slot.runtime.body_timeout,
-                self.rate_base + exchange.body_received * self.seconds_per_byte,
+                self.body.rate_base + exchange.body_received * self.body.seconds_per_byte,
             )
         if exchange.request_chunked:
-            self.body_spans += 1
-            self.last_body = body
+            self.body.body_spans += 1
+            self.body.last_body = body
             exchange.send_body(b"%x\r\n%b\r\n" % (len(body), body))
         else:
             exchange.send_body(body)
@@ -1352,12 +1376,12 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
         self.parsing = None
         self.in_head = True
         self.message_ended = True
-        self.seconds_per_byte = 0.0
-        self.rate_paused_at = None
-        piece = self.chunk_piece
+        self.body.seconds_per_byte = 0.0
+        self.body.rate_paused_at = None
+        piece = self.body.chunk_piece
         if piece is not None and exchange is not None:
             # The body's end is the piece's end: check its framing before it goes out.
-            self.chunk_piece = None
+            self.body.chunk_piece = None
             if not self._chunk_lines_ok(exchange, *piece):
                 raise Rejected
         if exchange is None:
@@ -1473,7 +1497,24 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
             transport.close()
 
 
+#: Client addresses as bytes (X-Forwarded-For), shared by the connections from one
+#: address; cleared when it grows past _ADDRESS_CACHE_SIZE (many distinct clients).
+_ADDRESS_BYTES: dict[str, bytes] = {}
+_ADDRESS_CACHE_SIZE = 4096
+
+
+def address_bytes(ip: str) -> bytes:
+    encoded = _ADDRESS_BYTES.get(ip)
+    if encoded is None:
+        if len(_ADDRESS_BYTES) >= _ADDRESS_CACHE_SIZE:
+            _ADDRESS_BYTES.clear()
+        encoded = _ADDRESS_BYTES[ip] = ip.encode()
+    return encoded
+
+
 _HOST_FORBIDDEN = frozenset(b" \t/\\@?#")
+#: The header list of a connection waiting idle, never appended to (see _shed_parser).
+_NO_PARTS: list[bytes] = []
 
 
 def _valid_host(host: bytes) -> bool:
