@@ -9,6 +9,7 @@ from collections import Counter
 import pytest
 
 from maitred.proxy.proxy_protocol import header_v1, header_v2
+from tests.support.admin import eventually, metric
 from tests.support.backends import BackendProcess, build_request, connect, read_response
 from tests.support.balancer import BalancerFactory
 
@@ -159,3 +160,28 @@ pools:
             assert proxy["source"] == f"127.0.0.1:{local_port}"
     # The announcing connection was reused for this client's later requests.
     assert backends[0].stats()["connections_accepted"] - before - 1 == 1
+
+
+@pytest.mark.parametrize("zero_copy", ["true", "false"])
+def test_tcp_listener_bytes_appear_in_metrics(
+    backends: list[BackendProcess], balancer: BalancerFactory, zero_copy: str
+) -> None:
+    config = tcp_config(backends[:1]).replace(
+        "    protocol: tcp\n", f"    protocol: tcp\n    zero_copy: {zero_copy}\n"
+    )
+    lb = balancer("admin: {bind: 127.0.0.1:0}\n" + config)
+    request = build_request("GET", "/", {"Connection": "close"})
+    with connect("127.0.0.1", lb.port) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200")
+    label = '{listener="l4"}'
+    received = eventually(
+        lambda: metric(lb, "maitred_listener_received_bytes_total"),
+        lambda values: values.get(f"maitred_listener_received_bytes_total{label}") == len(request),
+    )
+    sent = metric(lb, "maitred_listener_sent_bytes_total")
+    assert received[f"maitred_listener_received_bytes_total{label}"] == len(request)
+    assert sent[f"maitred_listener_sent_bytes_total{label}"] == len(answer)

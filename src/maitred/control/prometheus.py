@@ -49,7 +49,7 @@ from prometheus_client.registry import Collector
 from maitred import __version__
 from maitred.control.admin_views import STATUS_CLASSES
 from maitred.health import HealthState
-from maitred.proxy.routing import LATENCY_BUCKETS, ListenerSlot
+from maitred.proxy.routing import LATENCY_BUCKETS
 
 if TYPE_CHECKING:
     from maitred.control.supervisor import Supervisor
@@ -235,14 +235,13 @@ class ListenerFigures(Protocol):
 
 
 def _listener_counters(supervisor: Supervisor) -> Iterator[tuple[str, ListenerFigures]]:
-    """Each HTTP listener's counters: this process's, or summed over worker processes."""
+    """Each listener's counters: this process's, or summed over worker processes."""
     if supervisor.processes is not None:
         yield from supervisor.processes.listener_counters.items()
         return
     assert supervisor.worker is not None
     for name, bound in supervisor.worker.listeners.items():
-        if isinstance(bound.slot, ListenerSlot):  # layer 4: nothing answered by the balancer
-            yield name, bound.slot
+        yield name, bound.slot
 
 
 def _cumulative_buckets(counts: list[int]) -> list[tuple[str, float]]:

@@ -30,7 +30,7 @@ from maitred.control.shared_state import WorkerShared
 from maitred.control.warmup import ConnectionWarmup
 from maitred.control.worker import Worker
 from maitred.log import setup_logging
-from maitred.proxy.routing import ListenerSlot, OutcomeSink
+from maitred.proxy.routing import OutcomeSink
 
 log = logging.getLogger("maitred.worker")
 
@@ -81,14 +81,13 @@ def counters(worker: Worker) -> Message:
             ]
     listeners = {
         name: [
-            slot.own_answers,
-            slot.bytes_in,
-            slot.bytes_out,
-            slot.tls_handshakes,
-            slot.rate_limited,
+            bound.slot.own_answers,
+            bound.slot.bytes_in,
+            bound.slot.bytes_out,
+            bound.slot.tls_handshakes,
+            bound.slot.rate_limited,
         ]
         for name, bound in worker.listeners.items()
-        if isinstance(slot := bound.slot, ListenerSlot)
     }
     return {
         "type": "counters",

@@ -43,13 +43,25 @@ class TcpListenerRuntime:
 
 
 class TcpSlot:
-    __slots__ = ("runtime", "bytes_in", "bytes_out")
+    __slots__ = (
+        "runtime",
+        "bytes_in",
+        "bytes_out",
+        "own_answers",
+        "tls_handshakes",
+        "rate_limited",
+    )
 
     def __init__(self, runtime: TcpListenerRuntime) -> None:
         self.runtime = runtime
         #: Bytes relayed from clients to servers and back, over the listener's life.
         self.bytes_in = 0
         self.bytes_out = 0
+        # The HTTP listeners' other counters, which stay 0 at layer 4, so that
+        # metrics treat every listener alike.
+        self.own_answers = [0] * 6
+        self.tls_handshakes = 0
+        self.rate_limited = 0
 
 
 class TcpClient(asyncio.Protocol):
