@@ -702,13 +702,7 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
         runtime = slot.runtime
         if runtime.proxy_protocol:
             self.proxy_preface = b""
-        slot.open += 1
-        by_client = slot.open_by_client
-        by_client[self.client_ip] = mine = by_client.get(self.client_ip, 0) + 1
-        if (runtime.max_connections is not None and slot.open > runtime.max_connections) or (
-            runtime.max_connections_per_client is not None
-            and mine > runtime.max_connections_per_client
-        ):
+        if not slot.admit(self.client_ip):
             log.warning("refusing a connection from %s: connection limit reached", self.client_ip)
             self.closing = True
             self.transport.abort()  # type: ignore[union-attr]
@@ -716,12 +710,7 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
         self.deadline.arm(runtime.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        slot = self.slot
-        slot.open -= 1
-        by_client = slot.open_by_client
-        left = by_client.pop(self.client_ip, 1) - 1
-        if left:
-            by_client[self.client_ip] = left
+        self.slot.release(self.client_ip)
         self.transport = None
         self.closing = True
         self.deadline.cancel()

@@ -270,15 +270,7 @@ class Http2Connection(ClientIdentity, asyncio.Protocol):
     def _count_open(self) -> bool:
         """Count the connection on its listener; False (and closed) beyond the limits."""
         self.plane.accepted += 1
-        slot = self.slot
-        runtime = slot.runtime
-        slot.open += 1
-        by_client = slot.open_by_client
-        by_client[self.client_ip] = mine = by_client.get(self.client_ip, 0) + 1
-        if (runtime.max_connections is not None and slot.open > runtime.max_connections) or (
-            runtime.max_connections_per_client is not None
-            and mine > runtime.max_connections_per_client
-        ):
+        if not self.slot.admit(self.client_ip):
             log.warning("refusing a connection from %s: connection limit reached", self.client_ip)
             self.closing = True
             if self.transport is not None:
@@ -287,12 +279,7 @@ class Http2Connection(ClientIdentity, asyncio.Protocol):
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
-        slot = self.slot
-        slot.open -= 1
-        by_client = slot.open_by_client
-        left = by_client.pop(self.client_ip, 1) - 1
-        if left:
-            by_client[self.client_ip] = left
+        self.slot.release(self.client_ip)
         self.transport = None
         self.closing = True
         self.idle.cancel()

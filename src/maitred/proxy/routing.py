@@ -213,6 +213,29 @@ class ListenerSlot:
         #: Requests refused with 429 by a rate limit.
         self.rate_limited = 0
 
+    def admit(self, client_ip: str) -> bool:
+        """Count a new connection from ``client_ip``; False when it goes beyond the
+        listener's connection limits (it is counted still: ``release`` it on close)."""
+        self.open += 1
+        by_client = self.open_by_client
+        by_client[client_ip] = mine = by_client.get(client_ip, 0) + 1
+        runtime = self.runtime
+        return not (
+            (runtime.max_connections is not None and self.open > runtime.max_connections)
+            or (
+                runtime.max_connections_per_client is not None
+                and mine > runtime.max_connections_per_client
+            )
+        )
+
+    def release(self, client_ip: str) -> None:
+        """A connection from ``client_ip`` closed."""
+        self.open -= 1
+        by_client = self.open_by_client
+        left = by_client.pop(client_ip, 1) - 1
+        if left:
+            by_client[client_ip] = left
+
 
 def _host_without_port(host: bytes) -> bytes:
     host = host.lower()
