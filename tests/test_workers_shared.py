@@ -409,7 +409,8 @@ class HeldRequests:
         before = self.loads()
         expected = sum(before.values()) + 1
         sock = connect("127.0.0.1", self.lb.port)
-        sock.sendall(build_request("GET", "/delay?ms=30000"))
+        # Held for 10 minutes: longer than the test, however many tries it takes.
+        sock.sendall(build_request("GET", "/delay?ms=600000"))
         after = eventually(self.loads, lambda loads: sum(loads.values()) >= expected)
         accepted = eventually(
             lambda: accepted_by_worker(self.lb),

@@ -51,6 +51,10 @@ MAX_WINDOW = 2**31 - 1
 #: How long a graceful GOAWAY waits for the PING that follows it to come back
 #: before naming the last stream (RFC 9113 section 6.8), when the client is slow.
 GOAWAY_ROUND_TRIP_LIMIT = 1.0
+#: After a GOAWAY that ends a connection, how long bytes still arriving are read and
+#: dropped before closing (closing with unread bytes resets the connection, and the
+#: reset can destroy the GOAWAY before the client reads it).
+LINGER_SECONDS = 2.0
 GOAWAY_PING = b"maitredG"
 
 # Frame types and flags (RFC 9113 section 6) for the frames framed by hand.
@@ -194,6 +198,8 @@ class Http2Connection(ClientIdentity, asyncio.Protocol):
         #: A graceful GOAWAY (last stream 2^31-1) is out and its PING is awaited.
         self.goaway_pending = False
         self.goaway_timer: asyncio.TimerHandle | None = None
+        #: A GOAWAY ended the connection: read and drop until it closes.
+        self.lingering = False
         self.private_upstreams: list[UpstreamConnection] | None = None
         self.idle = Deadline(self.loop, self._idle_timed_out)
         #: Frames are written once per event-loop turn: True while data_received
@@ -351,7 +357,13 @@ class Http2Connection(ClientIdentity, asyncio.Protocol):
         if data:
             transport.write(data)
         self.closing = True
-        transport.close()
+        self.lingering = True
+        streams, self.streams = self.streams, {}
+        for stream in streams.values():
+            stream.forget()
+        if transport.can_write_eof():
+            transport.write_eof()
+        self.loop.call_later(LINGER_SECONDS, transport.close)
 
     def _arm_idle(self) -> None:
         self.idle.arm(self.slot.runtime.idle_timeout)
@@ -368,7 +380,7 @@ class Http2Connection(ClientIdentity, asyncio.Protocol):
     # -- reading ----------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self.transport is None:
+        if self.transport is None or self.lingering:
             return
         self.slot.bytes_in += len(data)
         try:
@@ -503,7 +515,7 @@ class Http2Connection(ClientIdentity, asyncio.Protocol):
     def flush(self) -> None:
         """Write what h2 holds now."""
         data = self.h2.data_to_send()
-        if data and self.transport is not None:
+        if data and self.transport is not None and not self.lingering:
             self.transport.write(data)
 
     def pause_writing(self) -> None:
