@@ -551,7 +551,3 @@ class Config(_Frozen):
     def to_dict(self) -> dict[str, Any]:
         """The effective configuration as plain JSON-able data (seconds, ``HOST:PORT``)."""
         return self.model_dump(mode="json")
-
-    def pool_for(self, listener: Listener) -> Pool | None:
-        """The default pool of ``listener`` (the one used when no route matches)."""
-        return self.pools.get(listener.pool) if listener.pool is not None else None

@@ -739,21 +739,6 @@ def server_address(server: asyncio.Server) -> str:
     return format_address(str(host), int(port))
 
 
-def backend_command(host: str, port: int, name: str) -> list[str]:
-    """The argv that runs one backend as a separate process."""
-    return [
-        sys.executable,
-        "-m",
-        "maitred.demo.backend",
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--name",
-        name,
-    ]
-
-
 class _StdinWatcher(asyncio.Protocol):
     """Sets the stop event when the parent closes our stdin (or dies)."""
 

@@ -322,10 +322,6 @@ def use_shared_table(table: SharedRateTable | None) -> None:
     _shared_table = table
 
 
-def shared_table() -> SharedRateTable | None:
-    return _shared_table
-
-
 # -- the shared store ----------------------------------------------------------------
 
 _store: RedisStore | None = None
