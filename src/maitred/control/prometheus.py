@@ -156,8 +156,8 @@ class BalancerCollector(Collector):
             for server in pool.balancer.servers:
                 labels = [pool_name, server.id]
                 requests.add_metric([*labels, server.address], server.requests)
-                for index, code in enumerate(STATUS_CLASSES, start=1):
-                    responses.add_metric([*labels, code], server.answers[index])
+                _add_by_status_class(responses, labels, server.answers)
+                for index in range(1, len(STATUS_CLASSES) + 1):
                     pool_answers[index] += server.answers[index]
                 active.add_metric(labels, server.active)
                 weight.add_metric(labels, server.weight)
@@ -175,10 +175,8 @@ class BalancerCollector(Collector):
                     transitions.add_metric([*labels, str(entered)], count)
                 failures.add_metric(labels, server.consecutive_failures)
             pool_requests.add_metric([pool_name], pool.requests)
-            for index, code in enumerate(STATUS_CLASSES, start=1):
-                pool_responses.add_metric([pool_name, code], pool_answers[index])
-            for index, code in enumerate(STATUS_CLASSES, start=1):
-                pool_own.add_metric([pool_name, code], pool.own_answers[index])
+            _add_by_status_class(pool_responses, [pool_name], pool_answers)
+            _add_by_status_class(pool_own, [pool_name], pool.own_answers)
             retries.add_metric([pool_name], pool.retries)
             queued.add_metric([pool_name], len(pool.waiting))
             available.add_metric([pool_name], len(pool.balancer.eligible))
@@ -205,8 +203,7 @@ class BalancerCollector(Collector):
             labels=["listener"],
         )
         for listener_name, slot in _listener_counters(self.supervisor):
-            for index, code in enumerate(STATUS_CLASSES, start=1):
-                listener_own.add_metric([listener_name, code], slot.own_answers[index])
+            _add_by_status_class(listener_own, [listener_name], slot.own_answers)
             bytes_in.add_metric([listener_name], slot.bytes_in)
             bytes_out.add_metric([listener_name], slot.bytes_out)
             handshakes.add_metric([listener_name], slot.tls_handshakes)
@@ -242,6 +239,12 @@ def _listener_counters(supervisor: Supervisor) -> Iterator[tuple[str, ListenerFi
     assert supervisor.worker is not None
     for name, bound in supervisor.worker.listeners.items():
         yield name, bound.slot
+
+
+def _add_by_status_class(family: CounterMetricFamily, labels: list[str], counts: list[int]) -> None:
+    """One sample per status class ("1xx".."5xx"); ``counts`` is indexed by status // 100."""
+    for index, code in enumerate(STATUS_CLASSES, start=1):
+        family.add_metric([*labels, code], counts[index])
 
 
 def _cumulative_buckets(counts: list[int]) -> list[tuple[str, float]]:

@@ -22,7 +22,7 @@ from maitred.balancing import Balancer
 from maitred.balancing.base import LiveServer
 from maitred.config import Sticky
 from maitred.policies.sticky_cookie import StickyCookie, StickyCookieCodec
-from maitred.policies.sticky_pool import EligibleServers, has_room
+from maitred.policies.sticky_pool import EligibleServers, has_room, refuse_lost_session
 
 if TYPE_CHECKING:
     from maitred.proxy.http1 import Exchange
@@ -83,11 +83,7 @@ class CookieAffinity:
         if server is not None and server in self._eligible.of(balancer) and has_room(server):
             return server
         if self._strict:
-            exchange.client.answer_error(
-                exchange,
-                503,
-                f"the server of this session in pool {self._pool_name} is unavailable",
-            )
+            refuse_lost_session(exchange, self._pool_name)
         return None
 
     def chosen(self, exchange: Exchange, server: LiveServer, now: float) -> None:

@@ -20,7 +20,7 @@ from maitred.balancing import Balancer
 from maitred.balancing.base import LiveServer
 from maitred.balancing.common import configured_weight
 from maitred.balancing.hash_ring import OWNER_MASK, HashRing, PointCache, key_point
-from maitred.policies.sticky_pool import has_room
+from maitred.policies.sticky_pool import has_room, refuse_lost_session
 
 if TYPE_CHECKING:
     from maitred.proxy.http1 import Exchange
@@ -74,11 +74,7 @@ class KeyAffinity:
         if home in eligible and has_room(home):
             return home
         if self._strict:
-            exchange.client.answer_error(
-                exchange,
-                503,
-                f"the server of this session in pool {self._pool_name} is unavailable",
-            )
+            refuse_lost_session(exchange, self._pool_name)
             return None
         size = len(points)
         for _ in range(size - 1):

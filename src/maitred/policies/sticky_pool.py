@@ -9,8 +9,13 @@ below its ``max_connections``. Everything else moves the session (or answers
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from maitred.balancing import Balancer
 from maitred.balancing.base import LiveServer
+
+if TYPE_CHECKING:
+    from maitred.proxy.http1 import Exchange
 
 
 class EligibleServers:
@@ -38,3 +43,10 @@ def has_room(server: LiveServer) -> bool:
     """False while the server is at its ``max_connections``."""
     limit = server.max_connections
     return not limit or server.active < limit
+
+
+def refuse_lost_session(exchange: Exchange, pool_name: str) -> None:
+    """``strict``: the session's server cannot take it, and it must not move: 503."""
+    exchange.client.answer_error(
+        exchange, 503, f"the server of this session in pool {pool_name} is unavailable"
+    )

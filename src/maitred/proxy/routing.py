@@ -129,6 +129,13 @@ class PoolRuntime:
         self.requests += 1
         return server
 
+    def give_back_from_connection(self, server: LiveServer, failed: bool, now: float) -> None:
+        """The layer-4 connection ``take_for_connection`` gave ``server`` ended; a failure
+        (or the first success after failures) is an outcome for passive health."""
+        server.active -= 1
+        if failed or server.consecutive_failures:
+            self.record_outcome(server, not failed, now)
+
 
 @dataclass(frozen=True, slots=True)
 class RouteRuntime:

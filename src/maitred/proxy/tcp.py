@@ -206,14 +206,9 @@ class TcpClient(asyncio.Protocol):
             side.transport.write_eof()
 
     def _release(self, failed: bool = False) -> None:
-        server = self.server
-        if server is None:
-            return
-        self.server = None
-        server.active -= 1
-        pool = self.runtime.pool
-        if failed or server.consecutive_failures:
-            pool.record_outcome(server, not failed, self.loop.time())
+        server, self.server = self.server, None
+        if server is not None:
+            self.runtime.pool.give_back_from_connection(server, failed, self.loop.time())
 
     def _idle_too_long(self) -> None:
         if self.transport is not None:

@@ -472,14 +472,9 @@ class SpliceRelay:
         self.loop.add_reader(server_fd, outbound.source_readable)
 
     def _release(self, failed: bool = False) -> None:
-        server = self.server
-        if server is None:
-            return
-        self.server = None
-        server.active -= 1
-        pool = self.runtime.pool
-        if failed or server.consecutive_failures:
-            pool.record_outcome(server, not failed, self.loop.time())
+        server, self.server = self.server, None
+        if server is not None:
+            self.runtime.pool.give_back_from_connection(server, failed, self.loop.time())
 
     # -- called by the flows -------------------------------------------------------
 
