@@ -4,7 +4,7 @@ its extra streams), and the balancer goes on serving everybody else."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import h2.errors
 import h2.settings
@@ -90,25 +90,22 @@ def test_rapid_reset_closes_the_connection(lb: BalancerProcess, bystander: RawH2
         client.close()
 
 
-def test_ping_flood_closes_the_connection(lb: BalancerProcess, bystander: RawH2) -> None:
+def _ping(client: RawH2, n: int) -> None:
+    client.conn.ping(n.to_bytes(8, "big"))
+
+
+def _settings(client: RawH2, n: int) -> None:
+    client.conn.update_settings({h2.settings.SettingCodes.ENABLE_PUSH: 0})
+
+
+@pytest.mark.parametrize("send", [_ping, _settings], ids=["ping", "settings"])
+def test_a_control_frame_flood_closes_the_connection(
+    lb: BalancerProcess, bystander: RawH2, send: Callable[[RawH2, int], None]
+) -> None:
     client = RawH2(lb.port)
     try:
         for n in range(200):
-            client.conn.ping(n.to_bytes(8, "big"))
-            try:
-                client.flush()
-            except OSError:
-                break
-        _closed_with_calm(client)
-    finally:
-        client.close()
-
-
-def test_settings_flood_closes_the_connection(lb: BalancerProcess, bystander: RawH2) -> None:
-    client = RawH2(lb.port)
-    try:
-        for _ in range(200):
-            client.conn.update_settings({h2.settings.SettingCodes.ENABLE_PUSH: 0})
+            send(client, n)
             try:
                 client.flush()
             except OSError:
