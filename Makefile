@@ -6,7 +6,8 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test lint unit bench profile clean
 
-$(STAMP): pyproject.toml
+# The data plane is compiled with mypyc at install time: rebuild when it changes.
+$(STAMP): pyproject.toml setup.py $(wildcard src/maitred/proxy/*.py)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
@@ -21,10 +22,13 @@ demo: $(STAMP)
 ## Lint, type-check and run every test.
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
+	# The same source uncompiled, as it runs when MAITRED_PURE_PYTHON=1 or after an edit.
+	MAITRED_PURE_PYTHON=1 $(BIN)/python -m pytest -q tests/fuzz \
+		tests/test_proxy_http.py tests/test_compiled_data_plane.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench setup.py
+	$(BIN)/ruff format --check src tests bench setup.py
 	$(BIN)/mypy
 
 ## Benchmarks side by side with HAProxy and NGINX (installs them with apt if missing).
@@ -36,3 +40,4 @@ profile: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache bench/out
+	find src -name '*.so' -delete

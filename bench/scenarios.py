@@ -6,6 +6,7 @@ import dataclasses
 import math
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,10 @@ Listener = Literal["http", "https", "tcp"]
 
 IDLE_CONNECTIONS = 10_000
 IDLE_READY_TIMEOUT_SECONDS = 120.0
+# Idle means idle for a while: the RSS is read this long after the last connection
+# opened, for every proxy alike (maitred drops an idle connection's parser after a
+# quiet second; read at once, the last connections opened would still hold one).
+IDLE_SETTLE_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
@@ -231,6 +236,7 @@ def idle_memory(bench: Bench) -> list[Row]:
         ) as client:
             assert client.stdin is not None and client.stdout is not None
             ready = client.stdout.readline().split()  # blocks until all are open
+            time.sleep(IDLE_SETTLE_SECONDS)
             after = procfs.rss_kib(target.pid)
             client.stdin.close()
             client.wait(IDLE_READY_TIMEOUT_SECONDS)
@@ -243,7 +249,8 @@ def idle_memory(bench: Bench) -> list[Row]:
             bench.notes.append(f"idle_memory: {target.name} refused {failed} connections.")
     bench.notes.append(
         f"idle_memory: {IDLE_CONNECTIONS:,} keep-alive connections, one request answered on "
-        "each, then idle; (VmRSS with - VmRSS before) / connections, summed over the "
+        f"each, then idle for {IDLE_SETTLE_SECONDS:g} s; (VmRSS with - VmRSS before) / "
+        "connections, summed over the "
         "proxy's process tree, one measurement per proxy (KB = 1024 bytes)."
     )
     return [row]

@@ -28,7 +28,7 @@ class Expiries:
         self.times: list[float] = []
         self.event = asyncio.Event()
 
-    def __call__(self) -> None:
+    def __call__(self, _owner: object) -> None:
         self.times.append(self.loop.time())
         self.event.set()
 
@@ -41,7 +41,7 @@ class Expiries:
 def test_a_near_deadline_holds_a_timer_and_fires_at_its_time() -> None:
     async def body(loop: asyncio.AbstractEventLoop, sweeper: Sweeper) -> None:
         expired = Expiries(loop)
-        deadline = Deadline(loop, expired, sweeper)
+        deadline = Deadline(loop, None, expired, sweeper)
         deadline.arm(0.01)
         at = deadline.at
         assert at is not None and deadline.holds_timer and len(sweeper) == 0
@@ -54,7 +54,7 @@ def test_a_near_deadline_holds_a_timer_and_fires_at_its_time() -> None:
 def test_a_far_deadline_waits_in_the_sweeper_without_a_timer_and_still_fires_on_time() -> None:
     async def body(loop: asyncio.AbstractEventLoop, sweeper: Sweeper) -> None:
         expired = Expiries(loop)
-        deadlines = [Deadline(loop, expired, sweeper) for _ in range(100)]
+        deadlines = [Deadline(loop, None, expired, sweeper) for _ in range(100)]
         for deadline in deadlines:
             deadline.arm(0.2)
         assert len(sweeper) == 100
@@ -74,7 +74,7 @@ def test_a_far_deadline_waits_in_the_sweeper_without_a_timer_and_still_fires_on_
 def test_moving_a_deadline_later_while_it_holds_a_timer_defers_the_expiry() -> None:
     async def body(loop: asyncio.AbstractEventLoop, sweeper: Sweeper) -> None:
         expired = Expiries(loop)
-        deadline = Deadline(loop, expired, sweeper)
+        deadline = Deadline(loop, None, expired, sweeper)
         deadline.arm(0.01)
         deadline.arm(0.15)  # now far: the timer fires early, then hands over to the sweeper
         later = deadline.at
@@ -88,7 +88,7 @@ def test_moving_a_deadline_later_while_it_holds_a_timer_defers_the_expiry() -> N
 def test_moving_a_far_deadline_near_reschedules_at_once() -> None:
     async def body(loop: asyncio.AbstractEventLoop, sweeper: Sweeper) -> None:
         expired = Expiries(loop)
-        deadline = Deadline(loop, expired, sweeper)
+        deadline = Deadline(loop, None, expired, sweeper)
         deadline.arm(10.0)
         assert not deadline.holds_timer
         deadline.arm(0.01)
@@ -102,7 +102,7 @@ def test_moving_a_far_deadline_near_reschedules_at_once() -> None:
 def test_touched_moves_an_inactivity_deadline_one_period_on() -> None:
     async def body(loop: asyncio.AbstractEventLoop, sweeper: Sweeper) -> None:
         expired = Expiries(loop)
-        deadline = Deadline(loop, expired, sweeper)
+        deadline = Deadline(loop, None, expired, sweeper)
         deadline.arm(0.03)
         first = deadline.at
         assert first is not None
@@ -117,13 +117,13 @@ def test_touched_moves_an_inactivity_deadline_one_period_on() -> None:
 def test_cancel_leaves_the_sweeper_and_nothing_fires() -> None:
     async def body(loop: asyncio.AbstractEventLoop, sweeper: Sweeper) -> None:
         expired = Expiries(loop)
-        deadline = Deadline(loop, expired, sweeper)
+        deadline = Deadline(loop, None, expired, sweeper)
         deadline.arm(0.1)
         assert len(sweeper) == 1
         deadline.cancel()
         assert len(sweeper) == 0 and deadline.at is None
         witness = Expiries(loop)
-        Deadline(loop, witness, sweeper).arm(0.15)
+        Deadline(loop, None, witness, sweeper).arm(0.15)
         await witness.wait()
         assert expired.times == []
 
@@ -133,11 +133,11 @@ def test_cancel_leaves_the_sweeper_and_nothing_fires() -> None:
 def test_disarm_is_noticed_by_the_sweeper() -> None:
     async def body(loop: asyncio.AbstractEventLoop, sweeper: Sweeper) -> None:
         expired = Expiries(loop)
-        deadline = Deadline(loop, expired, sweeper)
+        deadline = Deadline(loop, None, expired, sweeper)
         deadline.arm(0.1)
         deadline.disarm()
         witness = Expiries(loop)
-        Deadline(loop, witness, sweeper).arm(0.15)
+        Deadline(loop, None, witness, sweeper).arm(0.15)
         await witness.wait()
         assert expired.times == [] and len(sweeper) == 0
 

@@ -36,9 +36,9 @@ from maitred.proxy.routing import (
 )
 from maitred.proxy.tcp import TcpClient, TcpListenerRuntime, TcpSlot
 from maitred.proxy.tcp_splice import use_zero_copy
+from maitred.proxy.tls_client import TlsClientConnection
 from maitred.proxy.upstream import ServerConnections
 from maitred.tls.client import server_hostname
-from maitred.tls.connection import TlsClientConnection
 from maitred.tls.runtime import TlsRuntime
 
 log = logging.getLogger("maitred.worker")

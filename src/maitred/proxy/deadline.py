@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import Callable
-from types import MethodType
 from typing import Any
 
 #: Deadlines further than this wait in the sweeper instead of holding a timer.
@@ -97,20 +96,21 @@ class Deadline:
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        on_expiry: Callable[[], None],
+        owner: Any,
+        on_expiry: Callable[[Any], None],
         sweeper: Sweeper | None = None,
-        on_quiet: Callable[[], None] | None = None,
+        on_quiet: Callable[[Any], None] | None = None,
     ) -> None:
+        """``on_expiry(owner)`` runs when the deadline passes. The callbacks are
+        functions taking the owner (``ClientConnection._on_timeout``), not bound
+        methods: a bound method costs 64 to 72 bytes per connection and per
+        callback, and an idle connection is mostly such overhead."""
         self._loop = loop
-        # A bound method costs 64 bytes per connection and per callback: keep its
-        # owner and its function instead (an idle connection is mostly overhead).
-        self._owner, self._on_expiry = _split(on_expiry)
+        self._owner = owner
+        self._on_expiry = on_expiry
         #: Called on each sweep that finds the deadline still far: the owner has been
         #: waiting at least a tick and may shed what it only needs when busy.
-        self._on_quiet: Callable[[Any], None] | None = None
-        if on_quiet is not None:
-            quiet_owner, self._on_quiet = _split(on_quiet)
-            assert quiet_owner is None or quiet_owner is self._owner
+        self._on_quiet = on_quiet
         self._handle: asyncio.TimerHandle | None = None
         self._handle_at = 0.0
         self._sweeper = sweeper_for(loop) if sweeper is None else sweeper
@@ -188,11 +188,3 @@ class Deadline:
             return
         self.at = None
         self._on_expiry(self._owner)
-
-
-def _split(callback: Callable[[], None]) -> tuple[Any, Callable[[Any], None]]:
-    """(owner, function taking the owner) for a bound method; other callables are
-    wrapped. Both callbacks of one deadline must be methods of the same owner."""
-    if isinstance(callback, MethodType):
-        return callback.__self__, callback.__func__
-    return None, lambda _owner: callback()

@@ -640,7 +640,9 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
         #: Idle server connections that announced this client (send_proxy_protocol).
         self.private_upstreams: list[UpstreamConnection] | None = None
         self.starting: Exchange | None = None
-        self.deadline = Deadline(plane.loop, self._on_timeout, on_quiet=self._shed_parser)
+        self.deadline = Deadline(
+            plane.loop, self, ClientConnection._on_timeout, on_quiet=ClientConnection._shed_parser
+        )
         self.parsing: Exchange | None = None
         self.active: Exchange | None = None
         # Pipelined requests waiting their turn; created on first use (an idle
@@ -1265,17 +1267,18 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
             self.content_length is not None and self.content_length != b"0"
         ):
             # A body follows: from here the deadline is the body's inactivity timeout.
-            self.deadline.arm(runtime.body_timeout)
+            now = self.loop.time()
+            inactive_at = now + runtime.body_timeout
             self.body = body = BodyProgress(
                 0 if exchange.request_chunked else int(self.content_length or 0)
             )
             if runtime.body_min_rate is not None:
                 # Past the grace, each byte buys 1/rate s (on_body moves the deadline).
                 body.seconds_per_byte = 1.0 / runtime.body_min_rate
-                body.rate_base = self.loop.time() + runtime.body_min_rate_grace
-                self.deadline.arm_at(
-                    min(body.rate_base, self.deadline.at or body.rate_base), runtime.body_timeout
-                )
+                body.rate_base = now + runtime.body_min_rate_grace
+                self.deadline.arm_at(min(body.rate_base, inactive_at), runtime.body_timeout)
+            else:
+                self.deadline.arm_at(inactive_at, runtime.body_timeout)
         self.parsing = exchange
         exchange.route = (
             runtime.route(host or b"", url) if runtime.routes else runtime.default_route

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import struct
 from typing import TYPE_CHECKING
 
 import h2.config
@@ -28,12 +27,11 @@ import h2.events
 import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
-from h2.stream import StreamInputs
 from hyperframe.frame import GoAwayFrame
 
 from maitred.proxy.client_identity import ClientIdentity
 from maitred.proxy.deadline import Deadline
-from maitred.proxy.h2_hpack import StatelessEncoder
+from maitred.proxy.h2_connection import ServerH2Connection
 from maitred.proxy.h2_stream import H2Stream, StreamTransport
 from maitred.proxy.http1 import ClientConnection, DataPlane
 
@@ -56,123 +54,6 @@ GOAWAY_ROUND_TRIP_LIMIT = 1.0
 #: reset can destroy the GOAWAY before the client reads it).
 LINGER_SECONDS = 2.0
 GOAWAY_PING = b"maitredG"
-
-# Frame types and flags (RFC 9113 section 6) for the frames framed by hand.
-DATA, HEADERS, CONTINUATION = 0x0, 0x1, 0x9
-END_STREAM, END_HEADERS = 0x1, 0x4
-#: A frame's 9-byte head: 24-bit length (as 8 + 16 bits), type, flags, stream id.
-_FRAME_HEAD = struct.Struct(">BHBBL")
-
-
-def frame_head(length: int, kind: int, flags: int, stream_id: int) -> bytes:
-    return _FRAME_HEAD.pack(length >> 16, length & 0xFFFF, kind, flags, stream_id)
-
-
-class _ServerConnection(h2.connection.H2Connection):
-    """h2's connection, with the concurrent-stream limit left to maitred and a
-    cheaper answer-header encoder.
-
-    h2 treats one stream too many as an error of the whole connection; RFC 9113
-    (5.1.2) lets a server refuse just that stream, which ``Http2Connection`` does
-    with REFUSED_STREAM once h2 has decoded its header block (HPACK state is per
-    connection, so a refused block must still be decoded).
-
-    h2 counts open streams by walking every stream it knows, forgetting the
-    closed ones on the way: once per new stream, so 100 concurrent streams cost
-    100 steps per request. The walk runs here only once closed streams are as
-    many as the allowed open ones, which keeps it at about two steps per stream.
-    """
-
-    def __init__(self, config: h2.config.H2Configuration, max_streams: int) -> None:
-        super().__init__(config=config)
-        self.encoder = StatelessEncoder()  # type: ignore[assignment]
-        self.forget_closed_above = 2 * max_streams + 16
-        #: Frames to write, in order: h2's own (acks, resets, window updates)
-        #: and the answers framed below, body bytes not copied until the write.
-        self.outbox: list[bytes | bytearray | memoryview] = []
-
-    @property
-    def open_inbound_streams(self) -> int:
-        if len(self.streams) > self.forget_closed_above:
-            h2.connection.H2Connection.open_inbound_streams.fget(self)  # type: ignore[attr-defined]
-        return 0
-
-    # Answers are framed here rather than by h2's send_headers/send_data, which
-    # build, flag and serialise a frame object per frame and re-check what
-    # maitred built itself. The stream's state machine and both flow-control
-    # windows are kept exactly as h2 keeps them, so everything h2 decides from
-    # them (closing streams, WINDOW_UPDATE overflow, what a client may still
-    # send) is unchanged.
-
-    def _take_h2_frames(self) -> None:
-        pending = self._data_to_send
-        if pending:
-            self.outbox.append(pending)
-            self._data_to_send = bytearray()
-
-    def send_answer_headers(
-        self, stream_id: int, headers: list[tuple[bytes, bytes]], end: bool
-    ) -> None:
-        """HEADERS (and CONTINUATION) for an answer, or an interim answer."""
-        if self.state_machine.state is h2.connection.ConnectionState.CLOSED:
-            raise h2.exceptions.ProtocolError("the connection is closed")
-        stream = self._get_stream_by_id(stream_id)
-        machine = stream.state_machine
-        interim = headers[0][1][:1] == b"1"
-        machine.process_input(
-            StreamInputs.SEND_INFORMATIONAL_HEADERS if interim else StreamInputs.SEND_HEADERS
-        )
-        flags = 0
-        if end:
-            machine.process_input(StreamInputs.SEND_END_STREAM)
-            flags = END_STREAM
-        block = self.encoder.encode(headers)
-        self._take_h2_frames()
-        outbox = self.outbox
-        room = self.max_outbound_frame_size
-        if len(block) <= room:
-            outbox.append(frame_head(len(block), HEADERS, flags | END_HEADERS, stream_id))
-            outbox.append(block)
-            return
-        kind = HEADERS
-        for start in range(0, len(block), room):
-            piece = block[start : start + room]
-            if start + room >= len(block):
-                flags |= END_HEADERS
-            outbox.append(frame_head(len(piece), kind, flags, stream_id))
-            outbox.append(piece)
-            kind, flags = CONTINUATION, 0
-
-    def send_answer_data(self, stream_id: int, data: bytes | memoryview, end: bool) -> None:
-        """One DATA frame; the caller has made sure that the windows allow it."""
-        if self.state_machine.state is h2.connection.ConnectionState.CLOSED:
-            raise h2.exceptions.ProtocolError("the connection is closed")
-        stream = self._get_stream_by_id(stream_id)
-        machine = stream.state_machine
-        machine.process_input(StreamInputs.SEND_DATA)
-        flags = 0
-        if end:
-            machine.process_input(StreamInputs.SEND_END_STREAM)
-            flags = END_STREAM
-        size = len(data)
-        stream.outbound_flow_control_window -= size
-        self.outbound_flow_control_window -= size
-        self._take_h2_frames()
-        self.outbox.append(frame_head(size, DATA, flags, stream_id))
-        if size:
-            self.outbox.append(data)
-
-    def data_to_send(self, amount: int | None = None) -> bytes:
-        self._take_h2_frames()
-        outbox = self.outbox
-        if not outbox:
-            return b""
-        data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
-        outbox.clear()
-        if amount is not None and len(data) > amount:
-            self.outbox.append(data[amount:])
-            data = data[:amount]
-        return bytes(data)
 
 
 class Http2Connection(ClientIdentity, asyncio.Protocol):
@@ -201,7 +82,7 @@ class Http2Connection(ClientIdentity, asyncio.Protocol):
         #: A GOAWAY ended the connection: read and drop until it closes.
         self.lingering = False
         self.private_upstreams: list[UpstreamConnection] | None = None
-        self.idle = Deadline(self.loop, self._idle_timed_out)
+        self.idle = Deadline(self.loop, self, Http2Connection._idle_timed_out)
         #: Frames are written once per event-loop turn: True while data_received
         #: runs (it writes at its end) or once a write is scheduled.
         self.flush_pending = False
@@ -212,7 +93,7 @@ class Http2Connection(ClientIdentity, asyncio.Protocol):
         self.h2 = self._new_state_machine(self.settings)
 
     @staticmethod
-    def _new_state_machine(settings: Http2Settings) -> _ServerConnection:
+    def _new_state_machine(settings: Http2Settings) -> ServerH2Connection:
         config = h2.config.H2Configuration(
             client_side=False,
             header_encoding=None,
@@ -224,7 +105,7 @@ class Http2Connection(ClientIdentity, asyncio.Protocol):
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
         )
-        state = _ServerConnection(config, settings.max_concurrent_streams)
+        state = ServerH2Connection(config, settings.max_concurrent_streams)
         codes = h2.settings.SettingCodes
         state.local_settings = h2.settings.Settings(
             client=False,

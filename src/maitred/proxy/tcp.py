@@ -79,7 +79,7 @@ class TcpClient(asyncio.Protocol):
         self.tried: list[LiveServer] = []
         self.client_address: tuple[str, int] = ("", 0)
         self.local_address: tuple[str, int] = ("", 0)
-        self.deadline = Deadline(loop, self._idle_too_long)
+        self.deadline = Deadline(loop, self, TcpClient._idle_too_long)
         self.spliced = False  # handed to a SpliceRelay; this protocol is done
 
     # -- client side ---------------------------------------------------------------

@@ -312,7 +312,7 @@ class SpliceRelay:
         self.tried: list[LiveServer] = []
         self.client_address: tuple[str, int] = ("", 0)
         self.local_address: tuple[str, int] = ("", 0)
-        self.deadline = Deadline(loop, self._idle_too_long)
+        self.deadline = Deadline(loop, self, SpliceRelay._idle_too_long)
         self.connect_timer: asyncio.TimerHandle | None = None
         self.preamble = b""  # the PROXY header while the server socket takes it
         self.inbound: _Flow | None = None  # client → server

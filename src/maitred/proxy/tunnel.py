@@ -84,11 +84,11 @@ def open_tunnel(
     server_end = TunnelEnd(lambda exc: None)
     client_end.peer, server_end.peer = server_end, client_end
 
-    def idle_too_long() -> None:
+    def idle_too_long(_owner: None) -> None:
         if client_end.transport is not None:
             client_end.transport.close()
 
-    deadline = Deadline(loop, idle_too_long)
+    deadline = Deadline(loop, None, idle_too_long)
     client_end.deadline = server_end.deadline = deadline
     deadline.arm(idle_timeout)
     client_end.adopt(client)

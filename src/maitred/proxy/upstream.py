@@ -16,6 +16,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 import httptools
+from mypy_extensions import mypyc_attr
 
 from maitred.proxy.deadline import Deadline
 from maitred.proxy.framing import (
@@ -52,6 +53,8 @@ MAX_RESPONSE_HEAD = 64 * 1024
 CRLF = b"\r\n"
 
 
+# Tests open server connections in memory by overriding ``_connect``.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ServerConnections:
     """The idle keep-alive connections to one server, shared by every pool that names it."""
 
@@ -188,7 +191,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.exchange: Exchange | None = None
-        self.deadline = Deadline(servers.loop, self._on_timeout)
+        self.deadline = Deadline(servers.loop, self, UpstreamConnection._on_timeout)
         self.reused = False
         self.got_bytes = False
         self.head_parts: list[bytes] = []
