@@ -6,10 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test lint unit bench profile clean
 
-# The data plane is compiled with mypyc at install time: rebuild when it changes.
-$(STAMP): pyproject.toml setup.py $(wildcard src/maitred/proxy/*.py)
+# The per-request packages are compiled with mypyc at install: rebuild when they change.
+$(STAMP): pyproject.toml setup.py $(wildcard src/maitred/proxy/*.py src/maitred/balancing/*.py)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	rm -f src/*__mypyc*.so  # the previous build's shared library (its name is a hash)
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 

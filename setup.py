@@ -1,10 +1,10 @@
-"""Build maitred with its data plane compiled by mypyc.
+"""Build maitred with its per-request packages compiled by mypyc.
 
-The modules of ``maitred.proxy`` run once or more per request; mypyc compiles
-their type-checked Python to C extension modules (about a quarter less Python
-time per request, see bench/RESULTS.md). The source stays the reference: the
-package imports it instead when MAITRED_PURE_PYTHON=1 or when a source file is
-newer than its build (see src/maitred/proxy/__init__.py). Build without
+The modules of ``maitred.proxy`` and ``maitred.balancing`` run once or more per
+request; mypyc compiles their type-checked Python to C extension modules (about
+a third less Python time per request, see bench/RESULTS.md). The source stays
+the reference: maitred imports it instead when MAITRED_PURE_PYTHON=1 or when a
+source file is newer than its build (src/maitred/compiled.py). Build without
 compiling with MAITRED_PURE_PYTHON=1.
 """
 
@@ -15,10 +15,10 @@ from pathlib import Path
 
 from setuptools import Extension, setup
 
-PROXY = Path("src/maitred/proxy")
-# h2_connection subclasses h2's interpreted H2Connection, which mypyc cannot
-# compile; it stays Python and is called through the interpreter.
-INTERPRETED = {"__init__.py", "h2_connection.py"}
+ROOT = Path("src/maitred")
+# Keep in step with maitred.compiled (tests/test_compiled_data_plane.py checks).
+PACKAGES = ("proxy", "balancing")
+INTERPRETED = {"proxy/h2_connection.py"}
 
 
 def compiled_modules() -> list[Extension]:
@@ -26,7 +26,12 @@ def compiled_modules() -> list[Extension]:
         return []
     from mypyc.build import mypycify
 
-    sources = sorted(str(p) for p in PROXY.glob("*.py") if p.name not in INTERPRETED)
+    sources = [
+        str(path)
+        for package in PACKAGES
+        for path in sorted((ROOT / package).glob("*.py"))
+        if path.name != "__init__.py" and f"{package}/{path.name}" not in INTERPRETED
+    ]
     return mypycify(sources, opt_level="3")
 
 

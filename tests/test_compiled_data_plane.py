@@ -1,12 +1,16 @@
-"""The data plane runs compiled by mypyc, and its source wins whenever they differ.
+"""The per-request packages run compiled by mypyc, and their source wins whenever
+they differ.
 
-`make setup` (pip install) compiles ``maitred.proxy`` (setup.py). The package
-imports its Python source instead, all modules together, when
-MAITRED_PURE_PYTHON=1 or when any source file is newer than its build.
+`make setup` (pip install) compiles maitred.proxy and maitred.balancing
+(setup.py). maitred imports their Python source instead, every module together,
+when MAITRED_PURE_PYTHON=1 or when any source file is newer than its build
+(maitred/compiled.py).
 """
 
 from __future__ import annotations
 
+import ast
+import importlib
 import os
 import shutil
 import subprocess
@@ -15,23 +19,27 @@ from pathlib import Path
 
 import pytest
 
-import maitred.proxy
+import maitred
+from maitred import compiled
 
-PROXY_DIR = Path(maitred.proxy.__path__[0])
-SRC_DIR = PROXY_DIR.parent.parent
-# Subclasses h2's interpreted H2Connection: mypyc cannot compile it (setup.py).
-INTERPRETED = {"__init__", "h2_connection"}
-COMPILED = sorted(p.stem for p in PROXY_DIR.glob("*.py") if p.stem not in INTERPRETED)
+PACKAGE_DIR = Path(maitred.__file__).parent
+SRC_DIR = PACKAGE_DIR.parent
+SETUP_PY = SRC_DIR.parent / "setup.py"
+MODULES = sorted(
+    f"{package}.{path.stem}"
+    for package in compiled.PACKAGES
+    for path in (PACKAGE_DIR / package).glob("*.py")
+    if path.name != "__init__.py" and f"{package}/{path.name}" not in compiled.INTERPRETED
+)
 
 SHOW_ORIGINS = (
     "import importlib, sys\n"
     "for name in sys.argv[1:]:\n"
-    "    module = importlib.import_module('maitred.proxy.' + name)\n"
-    "    print(name, module.__file__)\n"
+    "    print(name, importlib.import_module('maitred.' + name).__file__)\n"
 )
 
 
-def _origins(env: dict[str, str], names: list[str]) -> dict[str, str]:
+def _origins(env: dict[str, str], names: list[str]) -> tuple[dict[str, str], str]:
     completed = subprocess.run(
         [sys.executable, "-c", SHOW_ORIGINS, *names],
         env=env,
@@ -40,53 +48,63 @@ def _origins(env: dict[str, str], names: list[str]) -> dict[str, str]:
         timeout=60,
         check=True,
     )
-    origins = dict(line.split(" ", 1) for line in completed.stdout.splitlines())
-    return origins | {"stderr": completed.stderr}
+    return dict(line.split(" ", 1) for line in completed.stdout.splitlines()), completed.stderr
+
+
+def test_setup_py_compiles_what_maitred_compiled_names() -> None:
+    assigned = {
+        node.targets[0].id: ast.literal_eval(node.value)
+        for node in ast.parse(SETUP_PY.read_text()).body
+        if isinstance(node, ast.Assign)
+        and isinstance(node.targets[0], ast.Name)
+        and node.targets[0].id in ("PACKAGES", "INTERPRETED")
+    }
+    assert tuple(assigned["PACKAGES"]) == compiled.PACKAGES
+    assert set(assigned["INTERPRETED"]) == set(compiled.INTERPRETED)
 
 
 @pytest.mark.skipif(
     os.environ.get("MAITRED_PURE_PYTHON") == "1", reason="MAITRED_PURE_PYTHON=1 runs the source"
 )
-def test_every_data_plane_module_is_compiled() -> None:
-    import importlib
-
-    for name in COMPILED:
-        module = importlib.import_module(f"maitred.proxy.{name}")
+def test_every_per_request_module_is_compiled() -> None:
+    assert "proxy.http1" in MODULES and "balancing.round_robin" in MODULES
+    for name in MODULES:
+        module = importlib.import_module(f"maitred.{name}")
         assert module.__file__ is not None and module.__file__.endswith(".so"), (
-            f"maitred.proxy.{name} runs from {module.__file__}: `make setup` compiles it"
+            f"maitred.{name} runs from {module.__file__}: `make setup` compiles it"
         )
 
 
 def test_pure_python_mode_imports_every_source_file() -> None:
-    env = dict(os.environ, MAITRED_PURE_PYTHON="1")
-    origins = _origins(env, COMPILED)
-    for name in COMPILED:
-        assert origins[name] == str(PROXY_DIR / f"{name}.py")
+    origins, _ = _origins(dict(os.environ, MAITRED_PURE_PYTHON="1"), MODULES)
+    for name in MODULES:
+        assert origins[name] == str(PACKAGE_DIR / (name.replace(".", "/") + ".py"))
 
 
-def test_an_edited_source_file_makes_the_whole_package_run_from_source(
+def test_an_edited_source_file_makes_every_compiled_package_run_from_source(
     tmp_path: Path,
 ) -> None:
-    built = list(PROXY_DIR.glob("*.so"))
+    built = list(PACKAGE_DIR.glob("*/*.so"))
     if not built:
-        pytest.skip("this checkout's data plane is not compiled")
+        pytest.skip("this checkout is not compiled")
     # A copy of the package with its build (copy2 keeps modification times).
     copy = tmp_path / "src"
-    shutil.copytree(SRC_DIR / "maitred", copy / "maitred", ignore=shutil.ignore_patterns("*.pyc"))
+    shutil.copytree(PACKAGE_DIR, copy / "maitred", ignore=shutil.ignore_patterns("*.pyc"))
     for shared in SRC_DIR.glob("*__mypyc*.so"):
         shutil.copy2(shared, copy)
     env = dict(os.environ, PYTHONPATH=str(copy))
     env.pop("MAITRED_PURE_PYTHON", None)
+    names = ["proxy.http1", "proxy.upstream", "balancing.round_robin"]
 
-    fresh = _origins(env, ["http1", "upstream"])
-    assert fresh["http1"].endswith(".so") and fresh["upstream"].endswith(".so")
-    assert fresh["stderr"] == ""
+    fresh, warnings = _origins(env, names)
+    assert all(fresh[name].endswith(".so") for name in names), fresh
+    assert warnings == ""
 
     edited = copy / "maitred" / "proxy" / "http1.py"
-    later = max(p.stat().st_mtime for p in built) + 10
+    later = max(path.stat().st_mtime for path in built) + 10
     os.utime(edited, (later, later))
-    stale = _origins(env, ["http1", "upstream"])
-    assert stale["http1"] == str(edited)
-    # upstream did not change, but compiled modules call each other directly: all or none.
-    assert stale["upstream"] == str(copy / "maitred" / "proxy" / "upstream.py")
-    assert "http1.py changed since the data plane was compiled" in stale["stderr"]
+    stale, warnings = _origins(env, names)
+    # Only http1 changed, but compiled modules call each other directly: all or none.
+    for name in names:
+        assert stale[name] == str(copy / "maitred" / (name.replace(".", "/") + ".py"))
+    assert "proxy/http1.py changed since it was compiled" in warnings

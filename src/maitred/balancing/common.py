@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Collection
-from typing import ClassVar, TypedDict
+from typing import ClassVar
 
 from maitred.balancing.base import LiveServer, Strategy
 from maitred.balancing.latency import record_latency
@@ -15,14 +15,6 @@ def configured_weight(server: LiveServer) -> int:
     # The configuration rejects weights below 1; a stray 0 from elsewhere must not
     # divide by zero or starve a server forever.
     return server.weight if server.weight >= 1 else 1
-
-
-class StrategyOptions(TypedDict, total=False):
-    """The keyword arguments every strategy accepts (see ``BalancingStrategy``)."""
-
-    balance_factor: float
-    rng: random.Random | None
-    slow_start: float | None
 
 
 class BalancingStrategy(Strategy):
@@ -50,6 +42,10 @@ class BalancingStrategy(Strategy):
         self.rng = rng if rng is not None else random.Random()
         self.slow_start = slow_start if self.ramps else None
         self.eligible: tuple[LiveServer, ...] = ()
+        self._init_state()
+
+    def _init_state(self) -> None:
+        """Set up the algorithm's own state (subclasses; the last step of __init__)."""
 
     def effective_weight(self, server: LiveServer, now: float) -> float:
         """The weight this strategy gives ``server`` at ``now``, slow start included."""

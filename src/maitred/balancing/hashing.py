@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Sequence
-from typing import ClassVar, Unpack
+from typing import ClassVar
 
 from maitred.balancing.base import LiveServer
-from maitred.balancing.common import BalancingStrategy, StrategyOptions, configured_weight
+from maitred.balancing.common import BalancingStrategy, configured_weight
 from maitred.balancing.hash_ring import OWNER_MASK, HashRing, PointCache, key_point
 
 
@@ -31,8 +31,8 @@ class _HashStrategy(BalancingStrategy):
     #: Pass over servers above (1 + balance_factor) × their share of the active requests.
     bounded: ClassVar[bool]
 
-    def __init__(self, **options: Unpack[StrategyOptions]) -> None:
-        super().__init__(**options)
+    def _init_state(self) -> None:
+        super()._init_state()
         self._cache = PointCache()
         self._ring = HashRing((), (), self._cache)
         # Per ring member: its effective weight if eligible, else 0.0 (skip it).

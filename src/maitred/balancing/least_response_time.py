@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Unpack
 
 from maitred.balancing.base import LiveServer
-from maitred.balancing.common import StrategyOptions
 from maitred.balancing.indexed_heap import HeapEntry
 from maitred.balancing.latency import DECAY_TIME
 from maitred.balancing.scored import ScoredStrategy
@@ -35,8 +33,8 @@ class LeastResponseTime(ScoredStrategy):
     weighted = True
     uses_latency = True
 
-    def __init__(self, **options: Unpack[StrategyOptions]) -> None:
-        super().__init__(**options)
+    def _init_state(self) -> None:
+        super()._init_state()
         # The latest time seen; ``active`` changes arrive without one.
         self._clock = 0.0
 

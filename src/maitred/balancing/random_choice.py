@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Unpack
 
 from maitred.balancing.base import LiveServer
-from maitred.balancing.common import BalancingStrategy, StrategyOptions
+from maitred.balancing.common import BalancingStrategy
 from maitred.balancing.sampling import WeightedSampler
 
 
@@ -14,8 +13,8 @@ class _SamplingStrategy(BalancingStrategy):
     weighted = True
     ramps = True
 
-    def __init__(self, **options: Unpack[StrategyOptions]) -> None:
-        super().__init__(**options)
+    def _init_state(self) -> None:
+        super()._init_state()
         self._weights: tuple[float, ...] = ()
         self._sampler = WeightedSampler(())
 

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Unpack
 
 from maitred.balancing.base import LiveServer
-from maitred.balancing.common import BalancingStrategy, StrategyOptions
+from maitred.balancing.common import BalancingStrategy
 
 
 class RoundRobin(BalancingStrategy):
     name = "round_robin"
 
-    def __init__(self, **options: Unpack[StrategyOptions]) -> None:
-        super().__init__(**options)
+    def _init_state(self) -> None:
+        super()._init_state()
         self._next = 0
         self._last: LiveServer | None = None
 

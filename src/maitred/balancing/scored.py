@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Collection, Sequence
-from typing import Unpack
 
 from maitred.balancing.base import LiveServer
-from maitred.balancing.common import BalancingStrategy, StrategyOptions
+from maitred.balancing.common import BalancingStrategy
 from maitred.balancing.indexed_heap import HeapEntry, IndexedHeap
 
 
@@ -23,8 +22,8 @@ class ScoredStrategy(BalancingStrategy):
     tracks_active = True
     ramps = True
 
-    def __init__(self, **options: Unpack[StrategyOptions]) -> None:
-        super().__init__(**options)
+    def _init_state(self) -> None:
+        super()._init_state()
         self._entries: dict[LiveServer, HeapEntry] = {}
         self._heap: IndexedHeap[HeapEntry] = IndexedHeap([])
 

@@ -19,10 +19,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from heapq import heapify, heappop, heappush
-from typing import Unpack
 
 from maitred.balancing.base import LiveServer
-from maitred.balancing.common import BalancingStrategy, StrategyOptions
+from maitred.balancing.common import BalancingStrategy
 
 
 class _Turn:
@@ -34,7 +33,7 @@ class _Turn:
         self.server = server
         self.order = order
         self.weight = weight
-        self.picks: float = 0
+        self.picks = 0.0
         self.offset = offset
 
     def opens(self) -> float:
@@ -51,12 +50,12 @@ class SmoothWeightedRoundRobin(BalancingStrategy):
     weighted = True
     ramps = True
 
-    def __init__(self, **options: Unpack[StrategyOptions]) -> None:
-        super().__init__(**options)
+    def _init_state(self) -> None:
+        super()._init_state()
         self._turns: list[_Turn] = []
         self._weights: tuple[float, ...] = ()
         self._total = 0.0
-        self._picks: float = 0
+        self._picks = 0.0
         self._rollover_at = 0.0
         # Servers whose window has not opened yet, by opening time, and servers
         # that may be picked, by closing time; (time, order, turn) never ties on turn.
@@ -85,7 +84,7 @@ class SmoothWeightedRoundRobin(BalancingStrategy):
         self._turns = turns
         self._weights = weights
         self._total = sum(weights)
-        self._picks = 0
+        self._picks = 0.0
         # A rollover costs O(n); doing it at most once per n picks keeps it O(1) amortised.
         self._rollover_at = (
             self._total * max(1, math.ceil(len(turns) / self._total)) if turns else 0
