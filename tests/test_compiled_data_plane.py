@@ -87,11 +87,12 @@ def test_an_edited_source_file_makes_every_compiled_package_run_from_source(
     built = list(PACKAGE_DIR.glob("*/*.so"))
     if not built:
         pytest.skip("this checkout is not compiled")
-    # A copy of the package with its build (copy2 keeps modification times).
+    # A copy of the checkout's package with its build (copy2 keeps modification times).
     copy = tmp_path / "src"
     shutil.copytree(PACKAGE_DIR, copy / "maitred", ignore=shutil.ignore_patterns("*.pyc"))
     for shared in SRC_DIR.glob("*__mypyc*.so"):
         shutil.copy2(shared, copy)
+    shutil.copy2(SETUP_PY, tmp_path)
     env = dict(os.environ, PYTHONPATH=str(copy))
     env.pop("MAITRED_PURE_PYTHON", None)
     names = ["proxy.http1", "proxy.upstream", "balancing.round_robin"]
@@ -108,3 +109,10 @@ def test_an_edited_source_file_makes_every_compiled_package_run_from_source(
     for name in names:
         assert stale[name] == str(copy / "maitred" / (name.replace(".", "/") + ".py"))
     assert "proxy/http1.py changed since it was compiled" in warnings
+
+    # Installed (no checkout around it), the build runs whatever the files' times:
+    # installing may write a source file after its compiled module.
+    (tmp_path / "setup.py").unlink()
+    installed, warnings = _origins(env, names)
+    assert all(installed[name].endswith(".so") for name in names), installed
+    assert warnings == ""

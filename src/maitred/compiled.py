@@ -23,7 +23,11 @@ INTERPRETED = frozenset({"proxy/h2_connection.py"})
 
 
 def stale_sources(root: Path) -> list[str]:
-    """Source files (relative to ``root``) newer than their compiled module."""
+    """Source files (relative to ``root``) newer than their compiled module, in a
+    checkout (an installed copy is never edited, and installing it may well write a
+    source file after its compiled module)."""
+    if not (root.parent.parent / "setup.py").exists():
+        return []
     stale = []
     for package in PACKAGES:
         for built in (root / package).glob("*.so"):
