@@ -8,6 +8,7 @@ are kept by the client connection, not in the pool, and closed with it.
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import TYPE_CHECKING
 
 from maitred.proxy import proxy_protocol
@@ -19,17 +20,28 @@ if TYPE_CHECKING:
 class ClientIdentity:
     """Mixed into the client-side protocols, which hold these attributes in their own
     slots (an empty ``__slots__`` here keeps them free of a ``__dict__``; mypy cannot
-    see the subclasses' slots, hence the two ignores)."""
+    see the subclasses' slots, hence the ignores)."""
 
     __slots__ = ()
 
     transport: asyncio.Transport | None
     client_ip: str
+    #: ``client_ip`` encoded (X-Forwarded-For).
+    client_ip_bytes: bytes
     #: 0 until known from a PROXY header; then the socket's peer port is used.
     client_port: int
     local_address: tuple[str, int]
     #: Idle server connections that announced this client (send_proxy_protocol).
     private_upstreams: list[UpstreamConnection] | None
+
+    def identify_peer(self, transport: asyncio.BaseTransport) -> None:
+        """The client's address from the socket, interned and with its bytes shared by
+        the connections from one address. ``client_port`` stays 0 (read from the
+        socket when a PROXY header needs it): a port is an int object of its own, and
+        most connections never need it."""
+        peer = transport.get_extra_info("peername")
+        self.client_ip = sys.intern(peer[0]) if peer else ""  # type: ignore[misc]
+        self.client_ip_bytes = address_bytes(self.client_ip)  # type: ignore[misc]
 
     def proxy_header(self, version: str) -> bytes:
         """The PROXY protocol header announcing this client to a server."""
@@ -63,3 +75,18 @@ class ClientIdentity:
         if self.private_upstreams is None:
             self.private_upstreams = []  # type: ignore[misc]
         self.private_upstreams.append(conn)
+
+
+#: Client addresses as bytes (X-Forwarded-For), shared by the connections from one
+#: address; cleared when it grows past _ADDRESS_CACHE_SIZE (many distinct clients).
+_ADDRESS_BYTES: dict[str, bytes] = {}
+_ADDRESS_CACHE_SIZE = 4096
+
+
+def address_bytes(ip: str) -> bytes:
+    encoded = _ADDRESS_BYTES.get(ip)
+    if encoded is None:
+        if len(_ADDRESS_BYTES) >= _ADDRESS_CACHE_SIZE:
+            _ADDRESS_BYTES.clear()
+        encoded = _ADDRESS_BYTES[ip] = ip.encode()
+    return encoded

@@ -149,6 +149,11 @@ def drop_named_headers(parts: list[bytes], names: list[bytes]) -> list[bytes]:
     return kept
 
 
+def error_body(status: int, reason_text: str) -> bytes:
+    """The body of an answer from the balancer itself (HTTP/1.1 and HTTP/2 alike)."""
+    return f"{status} {REASONS.get(status, b'').decode()}: {reason_text}\n".encode()
+
+
 def error_response(
     status: int,
     reason_text: str,
@@ -158,7 +163,7 @@ def error_response(
     extra_headers: tuple[tuple[bytes, bytes], ...] = (),
 ) -> bytes:
     """A small plain-text answer from the balancer itself, naming why."""
-    body = f"{status} {REASONS.get(status, b'').decode()}: {reason_text}\n".encode()
+    body = error_body(status, reason_text)
     lines = [
         b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b"Error")),
         b"Content-Type: text/plain; charset=utf-8\r\n",

@@ -27,9 +27,9 @@ from maitred.proxy.framing import (
     FORWARDED_REPLACED,
     HOST,
     ORDINARY,
-    REASONS,
     REQUEST_HEADER_KINDS,
     REQUEST_ID,
+    error_body,
 )
 from maitred.proxy.http1 import (
     PAUSE_UPSTREAM,
@@ -433,12 +433,8 @@ class H2Stream:
         exchange.finished = True
         exchange.response_begun = True
         slot = self.slot
-        slot.own_answers[status // 100] += 1
-        if status == 429:
-            slot.rate_limited += 1
-        if exchange.pool is not None:
-            exchange.pool.own_answers[status // 100] += 1
-        body = f"{status} {REASONS.get(status, b'').decode()}: {why}\n".encode()
+        slot.count_own_answer(status, exchange.pool)
+        body = error_body(status, why)
         headers = [
             (b":status", b"%d" % status),
             (b"content-type", b"text/plain; charset=utf-8"),

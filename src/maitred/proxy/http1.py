@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import sys
 from bisect import bisect_left
 from collections import deque
 from time import monotonic
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 import httptools
 
 from maitred.proxy import proxy_protocol
-from maitred.proxy.client_identity import ClientIdentity
+from maitred.proxy.client_identity import ClientIdentity, address_bytes
 from maitred.proxy.deadline import Deadline
 from maitred.proxy.framing import (
     CONNECTION,
@@ -692,12 +691,7 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        peer = transport.get_extra_info("peername")
-        # Interned: connections from one address share one string.
-        self.client_ip = sys.intern(peer[0]) if peer else ""
-        # client_port stays 0 (read from the socket when a PROXY header needs it): a
-        # port is an int object of its own, and most connections never need it.
-        self.client_ip_bytes = address_bytes(self.client_ip)
+        self.identify_peer(transport)
         self.plane.connections.add(self)
         self.plane.accepted += 1
         slot = self.slot
@@ -1071,7 +1065,7 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
         self.proxy_preface = None
         if header.source is not None:
             self.client_ip, self.client_port = header.source
-            self.client_ip_bytes = self.client_ip.encode()
+            self.client_ip_bytes = address_bytes(self.client_ip)
         if header.destination is not None:
             self.local_address = header.destination
         return buffered[header.length :]
@@ -1424,11 +1418,7 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
         """Answer an exchange from the balancer itself (502, 503, 504, 404, 429...)."""
         exchange.finished = True
         exchange.response_begun = True
-        self.slot.own_answers[status // 100] += 1
-        if status == 429:
-            self.slot.rate_limited += 1
-        if exchange.pool is not None:
-            exchange.pool.own_answers[status // 100] += 1
+        self.slot.count_own_answer(status, exchange.pool)
         transport = self.transport
         if transport is not None:
             transport.write(
@@ -1460,7 +1450,7 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
         Requests before it on the connection (pipelined) are answered first, in order:
         the refusal waits its turn, and nothing more is read meanwhile."""
         self.closing = True
-        self.slot.own_answers[status // 100] += 1
+        self.slot.count_own_answer(status, None)
         transport = self.transport
         if transport is None:
             return
@@ -1487,21 +1477,6 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
                 transport.write(self.refusal)
                 self.refusal = None
             transport.close()
-
-
-#: Client addresses as bytes (X-Forwarded-For), shared by the connections from one
-#: address; cleared when it grows past _ADDRESS_CACHE_SIZE (many distinct clients).
-_ADDRESS_BYTES: dict[str, bytes] = {}
-_ADDRESS_CACHE_SIZE = 4096
-
-
-def address_bytes(ip: str) -> bytes:
-    encoded = _ADDRESS_BYTES.get(ip)
-    if encoded is None:
-        if len(_ADDRESS_BYTES) >= _ADDRESS_CACHE_SIZE:
-            _ADDRESS_BYTES.clear()
-        encoded = _ADDRESS_BYTES[ip] = ip.encode()
-    return encoded
 
 
 #: Bytes no Host may hold (deleted by translate: any deletion means one was there).

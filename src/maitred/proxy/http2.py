@@ -132,10 +132,7 @@ class Http2Connection(ClientIdentity, asyncio.Protocol):
         read from it."""
         self.transport = transport  # type: ignore[assignment]
         if not self.client_ip:
-            peer = transport.get_extra_info("peername")
-            self.client_ip = peer[0] if peer else ""
-            self.client_port = peer[1] if peer else 0
-            self.client_ip_bytes = self.client_ip.encode()
+            self.identify_peer(transport)
         self.plane.connections.add(self)
         if not counted and not self._count_open():
             return

@@ -235,6 +235,15 @@ class ListenerSlot:
             )
         )
 
+    def count_own_answer(self, status: int, pool: PoolRuntime | None) -> None:
+        """An answer the balancer gave itself, counted for /metrics (and for the pool
+        the request was going to, when it had one)."""
+        self.own_answers[status // 100] += 1
+        if status == 429:
+            self.rate_limited += 1
+        if pool is not None:
+            pool.own_answers[status // 100] += 1
+
     def release(self, client_ip: str) -> None:
         """A connection from ``client_ip`` closed."""
         self.open -= 1
