@@ -11,14 +11,17 @@ compiling with MAITRED_PURE_PYTHON=1.
 from __future__ import annotations
 
 import os
+import runpy
 from pathlib import Path
 
 from setuptools import Extension, setup
 
 ROOT = Path("src/maitred")
-# Keep in step with maitred.compiled (tests/test_compiled_data_plane.py checks).
-PACKAGES = ("proxy", "balancing")
-INTERPRETED = {"proxy/h2_connection.py"}
+# What to compile is named once, in maitred/compiled.py (standard library only, so it
+# runs here without the package's dependencies).
+_compiled = runpy.run_path(str(ROOT / "compiled.py"))
+PACKAGES: tuple[str, ...] = _compiled["PACKAGES"]
+INTERPRETED: frozenset[str] = _compiled["INTERPRETED"]
 
 
 def compiled_modules() -> list[Extension]:

@@ -9,7 +9,6 @@ when MAITRED_PURE_PYTHON=1 or when any source file is newer than its build
 
 from __future__ import annotations
 
-import ast
 import importlib
 import os
 import shutil
@@ -49,18 +48,6 @@ def _origins(env: dict[str, str], names: list[str]) -> tuple[dict[str, str], str
         check=True,
     )
     return dict(line.split(" ", 1) for line in completed.stdout.splitlines()), completed.stderr
-
-
-def test_setup_py_compiles_what_maitred_compiled_names() -> None:
-    assigned = {
-        node.targets[0].id: ast.literal_eval(node.value)
-        for node in ast.parse(SETUP_PY.read_text()).body
-        if isinstance(node, ast.Assign)
-        and isinstance(node.targets[0], ast.Name)
-        and node.targets[0].id in ("PACKAGES", "INTERPRETED")
-    }
-    assert tuple(assigned["PACKAGES"]) == compiled.PACKAGES
-    assert set(assigned["INTERPRETED"]) == set(compiled.INTERPRETED)
 
 
 @pytest.mark.skipif(

@@ -13,22 +13,11 @@ import pytest
 
 from tests.support.backends import BackendProcess
 from tests.support.balancer import BalancerFactory, BalancerProcess
-from tests.support.h2client import RawH2, StreamResult
+from tests.support.h2client import RawH2, StreamResult, h2c_config
 
 
 def _config(backends: list[BackendProcess]) -> str:
-    servers = "".join(f"      - {{address: {b.address}}}\n" for b in backends)
-    return f"""
-drain_timeout: 20s
-listeners:
-  - name: h2c
-    bind: 127.0.0.1:0
-    pool: web
-    http2: {{h2c: true}}
-pools:
-  web:
-    servers:
-{servers}"""
+    return h2c_config([b.address for b in backends])
 
 
 @pytest.fixture(scope="module")

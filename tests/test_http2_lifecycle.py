@@ -6,22 +6,11 @@ import h2.errors
 
 from tests.support.backends import BackendProcess
 from tests.support.balancer import BalancerFactory
-from tests.support.h2client import RawH2
+from tests.support.h2client import RawH2, h2c_config
 
 
 def _config(backends: list[BackendProcess], max_streams: int) -> str:
-    servers = "".join(f"      - {{address: {b.address}}}\n" for b in backends)
-    return f"""
-drain_timeout: 20s
-listeners:
-  - name: h2c
-    bind: 127.0.0.1:0
-    pool: web
-    http2: {{h2c: true, max_concurrent_streams: {max_streams}}}
-pools:
-  web:
-    servers:
-{servers}"""
+    return h2c_config([b.address for b in backends], max_streams)
 
 
 def _in_flight(client: RawH2, count: int) -> list[int]:

@@ -23,6 +23,23 @@ import h2.settings
 DEFAULT_TIMEOUT = 10.0
 
 
+def h2c_config(addresses: Iterable[str], max_streams: int | None = None) -> str:
+    """A balancer with one h2c listener over pool ``web`` of ``addresses``."""
+    servers = "".join(f"      - {{address: {address}}}\n" for address in addresses)
+    limit = "" if max_streams is None else f", max_concurrent_streams: {max_streams}"
+    return f"""
+drain_timeout: 20s
+listeners:
+  - name: h2c
+    bind: 127.0.0.1:0
+    pool: web
+    http2: {{h2c: true{limit}}}
+pools:
+  web:
+    servers:
+{servers}"""
+
+
 @dataclass
 class StreamResult:
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
