@@ -340,6 +340,8 @@ def test_r_target_too_long_is_414(lb: BalancerProcess, recorder: RecordingServer
         case("http-3.0", b"GET / HTTP/3.0\r\n" + H + b"\r\n", 505),
         case("http-0.9-version", b"GET / HTTP/0.9\r\n" + H + b"\r\n", 505),
         case("http-0.9-simple-request", b"GET /\r\n\r\n", 505),
+        # The line ends in "HTTP/1.1" but has no version: llhttp reads HTTP/0.9.
+        case("http-0.9-target-ending-in-version", b"GET /HTTP/1.1\r\n" + H + b"\r\n", 505),
     ],
 )
 def test_r_version_other_than_1_0_and_1_1_is_505(

@@ -111,6 +111,23 @@ def test_backend_connections_are_reused(
     assert opened == 1
 
 
+def test_backend_connections_are_reused_after_long_answers(
+    backends: list[BackendProcess], balancer: BalancerFactory
+) -> None:
+    """Long Content-Length bodies are relayed past llhttp: the connection must come
+    back in step, ready for the next answer."""
+    backend = backends[0]
+    lb = balancer(pool_yaml([backend.address]))
+    before = backend.stats()["connections_accepted"]
+    with connect("127.0.0.1", lb.port) as sock:
+        for size in (60_000, 9_000, 5, 200_000, 60_000):
+            answer = keepalive_get(sock, f"/bytes?n={size}")
+            assert answer.status == 200
+            assert hashlib.sha256(answer.body).hexdigest() == pattern_sha256(size)
+    opened = backend.stats()["connections_accepted"] - before - 1  # minus /stats
+    assert opened == 1
+
+
 def test_chunked_upload_and_large_download_are_intact(
     backends: list[BackendProcess], balancer: BalancerFactory
 ) -> None:

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from maitred.proxy.upstream import RAW_BODY_MIN
 from tests.fuzz.checks import ErrorLog
 from tests.fuzz.harness import InMemoryProxy
 from tests.fuzz.known_deviations import known_answer_deviation
@@ -55,6 +56,18 @@ class Answer:
         return b"".join(out)
 
 
+# Short bodies, and long ones (a Content-Length body from RAW_BODY_MIN bytes on is
+# relayed past llhttp).
+bodies = st.one_of(
+    st.binary(max_size=200),
+    st.builds(
+        lambda n, tail: bytes(n) + tail,
+        st.integers(RAW_BODY_MIN - 50, RAW_BODY_MIN + 50),
+        st.binary(max_size=20),
+    ),
+)
+
+
 @st.composite
 def answers(draw: st.DrawFn) -> Answer:
     status = draw(st.sampled_from(STATUSES))
@@ -63,7 +76,7 @@ def answers(draw: st.DrawFn) -> Answer:
         interim=draw(st.lists(st.sampled_from([100, 103]), max_size=2)),
         status=status,
         headers=draw(st.lists(st.tuples(header_names, header_values), max_size=5)),
-        body=b"" if no_body else draw(st.binary(max_size=200)),
+        body=b"" if no_body else draw(bodies),
         framing="length" if no_body else draw(st.sampled_from(["length", "chunked", "close"])),
     )
 
@@ -203,3 +216,126 @@ def test_lone_cr_or_lf_after_an_interim_answer_split_across_reads_is_502(
     assert not error_log.records, [r.getMessage() for r in error_log.records]
     got = read_answer(b"GET", outcome.answered, outcome.client_closed)
     assert got.status == 502
+
+
+@pytest.mark.parametrize(
+    ("status_line", "relayed"),
+    [
+        pytest.param(b"HTTP/1.1 200 OK", True, id="1.1"),
+        pytest.param(b"HTTP/1.0 200 OK", True, id="1.0"),
+        pytest.param(b"HTTP/1.2 200 OK", False, id="1.2"),
+        pytest.param(b"HTTP/2.0 200 OK", False, id="2.0"),
+        pytest.param(b"HTTP/0.9 200 OK", False, id="0.9"),
+    ],
+)
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "split-in-the-version"])
+def test_only_http_1_0_and_1_1_answers_are_relayed(
+    proxy: InMemoryProxy, error_log: ErrorLog, status_line: bytes, relayed: bool, split: bool
+) -> None:
+    """The common "HTTP/1.1 " start is recognised without llhttp's version string;
+    every other version still goes through it."""
+    raw = status_line + b"\r\nContent-Length: 2\r\n\r\nok"
+    pieces = [raw[:6], raw[6:]] if split else [raw]
+    outcome = proxy.run([b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"], server_pieces=pieces)
+    got = read_answer(b"GET", outcome.answered, outcome.client_closed)
+    assert got.status == (200 if relayed else 502)
+    if relayed:
+        assert got.body == b"ok"
+        assert not error_log.records, [r.getMessage() for r in error_log.records]
+
+
+LONG_BODY = bytes(range(256)) * 64  # 16 KiB: past RAW_BODY_MIN
+LONG_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(LONG_BODY), LONG_BODY)
+LONG_HEAD = LONG_ANSWER.index(b"\r\n\r\n") + 4
+
+
+@pytest.mark.parametrize(
+    "cuts",
+    [[], [10], [len(LONG_ANSWER) - 16_000], [60, 5000, 9000, len(LONG_ANSWER) - 1]],
+    ids=["one-read", "head-split", "body-split", "many-reads"],
+)
+def test_a_long_answer_arrives_whole_in_any_reads(
+    proxy: InMemoryProxy, error_log: ErrorLog, cuts: list[int]
+) -> None:
+    edges = [0, *cuts, len(LONG_ANSWER)]
+    pieces = [LONG_ANSWER[a:b] for a, b in zip(edges, edges[1:], strict=False)]
+    outcome = proxy.run([b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"], server_pieces=pieces)
+    got = read_answer(b"GET", outcome.answered, outcome.client_closed)
+    assert (got.status, got.complete, got.body) == (200, True, LONG_BODY)
+    assert not outcome.client_closed
+    assert not error_log.records, [r.getMessage() for r in error_log.records]
+
+
+def test_a_long_answer_cut_by_the_server_is_visibly_cut(
+    proxy: InMemoryProxy, error_log: ErrorLog
+) -> None:
+    outcome = proxy.run(
+        [b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"],
+        server_pieces=[LONG_ANSWER[:-100]],
+        server_closes=True,
+    )
+    got = read_answer(b"GET", outcome.answered, outcome.client_closed)
+    assert got.status == 200 and not got.complete
+    assert outcome.client_closed
+    assert LONG_BODY.startswith(got.body)
+
+
+def test_bytes_past_a_long_answer_in_its_read_are_not_relayed(
+    proxy: InMemoryProxy, error_log: ErrorLog
+) -> None:
+    """The answer is delivered; what the server sent beyond its framing is not, and
+    the connection is not reused (the next request opens another)."""
+    extra = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nextra"
+    outcome = proxy.run(
+        [b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", b"GET /2 HTTP/1.1\r\nHost: a\r\n\r\n"],
+        server_pieces=[LONG_ANSWER + extra],
+    )
+    first = read_answer(b"GET", outcome.answered, outcome.client_closed)
+    assert (first.status, first.complete, first.body) == (200, True, LONG_BODY)
+    assert b"extra" not in outcome.answered
+    # The second request did not go out on the first server connection.
+    assert outcome.forwarded[0].count(b"GET ") == 1
+
+
+def test_a_long_body_after_a_head_answer_is_not_relayed(
+    proxy: InMemoryProxy, error_log: ErrorLog
+) -> None:
+    outcome = proxy.run([b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n"], server_pieces=[LONG_ANSWER])
+    got = read_answer(b"HEAD", outcome.answered, outcome.client_closed)
+    assert got.status == 200 and got.body == b""
+    assert LONG_BODY[:64] not in outcome.answered
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        [LONG_ANSWER, LONG_ANSWER],
+        [LONG_ANSWER[:LONG_HEAD], LONG_ANSWER[LONG_HEAD:]] * 2,
+        [LONG_ANSWER, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"],
+    ],
+    ids=["one-read-each", "heads-alone", "then-a-short-one"],
+)
+def test_a_connection_stays_in_step_after_a_long_answer(
+    proxy: InMemoryProxy, error_log: ErrorLog, pieces: list[bytes]
+) -> None:
+    """The second answer comes on the same server connection, after a body that
+    did not go through llhttp."""
+    outcome = proxy.run(
+        [b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n"],
+        server_pieces=pieces,
+    )
+    assert outcome.forwarded[0].count(b"GET ") == 2
+    rest = outcome.answered
+    bodies = []
+    for _ in range(2):  # each answer read by h11 in turn (it does not pipeline)
+        head_end = rest.index(b"\r\n\r\n") + 4
+        length = int(re.search(rb"Content-Length: (\d+)", rest[:head_end]).group(1))  # type: ignore[union-attr]
+        got = read_answer(b"GET", rest[: head_end + length], closed=False)
+        assert got.status == 200 and got.complete
+        assert b"\r\nX-Request-Id: " in rest[:head_end]  # a head maitred made
+        bodies.append(got.body)
+        rest = rest[head_end + length :]
+    assert bodies[0] == LONG_BODY
+    assert bodies[1] == (b"ok" if len(pieces[-1]) < 100 else LONG_BODY)
+    assert rest == b""
+    assert not error_log.records, [r.getMessage() for r in error_log.records]

@@ -621,6 +621,7 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
         "line_cr",
         "line_spaces",
         "line_start",
+        "line_http11",
     )
 
     def __init__(self, plane: DataPlane, slot: ListenerSlot) -> None:
@@ -684,6 +685,9 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
         self.line_cr = False
         self.line_spaces = 0
         self.line_start = b""
+        #: The one request head of this read ends its line with " HTTP/1.1": its
+        #: version is known without asking llhttp (which formats a string for it).
+        self.line_http11 = False
         #: The request body being read (a shared blank until the first body comes).
         self.body: BodyProgress = NO_BODY
 
@@ -879,6 +883,7 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
                 # The common read: one whole request head, nothing after it, no HTAB.
                 self.at_boundary = False
                 self.line_open = False
+                self.line_http11 = data.startswith(b" HTTP/1.1", line_end - 9)
                 stop = end
                 exact = True
                 line_from = 0
@@ -887,6 +892,7 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
                 received = 0
                 piece: bytes | memoryview = data
             else:
+                self.line_http11 = False
                 stop = end
                 exact = False  # a request that ends in this piece ends at its end
                 line_from = -1
@@ -1153,14 +1159,18 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
         runtime = self.slot.runtime
         parser = self.parser
         assert parser is not None  # data_received made it
-        version = parser.get_http_version()
-        if version == "1.1":
+        if self.line_http11:
+            self.line_http11 = False
             http11 = True
-        elif version == "1.0":
-            http11 = False
         else:
-            self._reject(505, f"HTTP/{version} is not supported")
-            raise Rejected
+            version = parser.get_http_version()
+            if version == "1.1":
+                http11 = True
+            elif version == "1.0":
+                http11 = False
+            else:
+                self._reject(505, f"HTTP/{version} is not supported")
+                raise Rejected
         exchange = Exchange(self)
         exchange.client_http11 = http11
         method = parser.get_method()

@@ -51,6 +51,9 @@ CHUNK_END = b"0\r\n\r\n"
 # An answer's head larger than this is refused (502), like a request's is (431).
 MAX_RESPONSE_HEAD = 64 * 1024
 CRLF = b"\r\n"
+# A Content-Length body at least this long is relayed as the server's bytes
+# (views of each read) without passing through llhttp, which copies what it reports.
+RAW_BODY_MIN = 8 * 1024
 
 
 # Tests open server connections in memory by overriding ``_connect``.
@@ -184,6 +187,9 @@ class UpstreamConnection(asyncio.Protocol):
         "answer_pending_cr",
         "answer_open",
         "answer_tail",
+        "answer_http11",
+        "raw_left",
+        "body_seen",
     )
 
     def __init__(self, servers: ServerConnections) -> None:
@@ -199,7 +205,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.body_mode = BODY_NONE
         self.response_length: bytes | None = None
         self.keep_alive = True
-        self.out: list[bytes] = []
+        self.out: list[bytes | memoryview] = []
         self.reading_paused = False
         self.named_hop: list[bytes] | None = None
         self.has_request_id = False
@@ -224,6 +230,13 @@ class UpstreamConnection(asyncio.Protocol):
         #: bytes of this one (its CRLFCRLF may straddle the two).
         self.answer_open = False
         self.answer_tail = b""
+        #: The answer's status line starts "HTTP/1.1 ": its version is known without
+        #: asking llhttp (which formats a string for it).
+        self.answer_http11 = False
+        #: Bytes of a Content-Length body still to relay past llhttp (see RAW_BODY_MIN).
+        self.raw_left = 0
+        #: Body bytes llhttp reported for the current answer.
+        self.body_seen = 0
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -286,6 +299,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.transfer_codings = []
         self.until_close = False
         self.body_mode = BODY_NONE
+        self.body_seen = 0
 
     def pause_writing(self) -> None:
         if self.exchange is not None:
@@ -315,35 +329,96 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.got_bytes = True
         self.deadline.touched = True  # inactivity timeout: still alive
-        if not self.status:
+        if self.raw_left:
+            self._relay_raw(exchange, data, 0)
+            return
+        status = self.status
+        if not status:
             self.head_bytes += len(data)
+        start = 0
+        end = len(data)
         if self.answer_start or self.answer_open:
             start = self._answer_heads(exchange, data)
             if start < 0:
                 return
-            if start:
-                data = data[start:]
+            if (
+                end - start >= RAW_BODY_MIN
+                and not self.answer_start
+                and not self.answer_open
+                and not self.status
+            ):
+                # A final answer's head starts here and a long body may follow it:
+                # parse the head alone, so that the body need not go through llhttp.
+                head_end = data.find(b"\r\n\r\n", start)
+                if head_end >= 0:
+                    if not self._feed(exchange, data, start, head_end + 4):
+                        return
+                    start = head_end + 4
+                    if self._body_goes_raw():
+                        self._relay_raw(exchange, data, start)
+                        return
+        if not self._feed(exchange, data, start, end):
+            return
+        if not self.status:
+            if self.head_bytes > MAX_RESPONSE_HEAD:
+                # Still no end of the head after this many bytes.
+                self._malformed(exchange, "answer head too large")
+                return
+        elif not status:
+            self._body_goes_raw()  # the head ended in this read: the rest may skip llhttp
+        self._deliver(exchange)
+
+    def _body_goes_raw(self) -> bool:
+        """After a final answer's head: relay the rest of a long Content-Length body
+        as it comes, llhttp (which waits for it) being replaced for the next answer."""
+        if self.body_mode != BODY_LENGTH or self.complete or self.status < 200:
+            return False
+        length = self.response_length
+        assert length is not None  # BODY_LENGTH
+        left = int(length) - self.body_seen
+        if left < RAW_BODY_MIN:
+            return False
+        self.raw_left = left
+        self.parser = httptools.HttpResponseParser(self)
+        return True
+
+    def _feed(self, exchange: Exchange, data: bytes, start: int, stop: int) -> bool:
+        """llhttp reads ``data[start:stop]``; False: parsing stopped, nothing more to do."""
         try:
-            self.parser.feed_data(data)
+            if start or stop != len(data):
+                self.parser.feed_data(memoryview(data)[start:stop])
+            else:
+                self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as switched:
             if self.tunnel:
-                self._open_tunnel(exchange, data[switched.args[0] :])
+                self._open_tunnel(exchange, data[start + switched.args[0] :])
             else:
                 self._malformed(exchange, "unexpected protocol switch")
-            return
+            return False
         except httptools.HttpParserError as exc:
             if self.complete:
                 # Bytes after a complete answer: deliver it, but never reuse a
                 # connection whose server sent more than it framed.
                 self.keep_alive = False
                 self._deliver(exchange)
-                return
+                return False
             self._malformed(exchange, str(exc))
-            return
-        if not self.status and self.head_bytes > MAX_RESPONSE_HEAD:
-            # Still no end of the head after this many bytes.
-            self._malformed(exchange, "answer head too large")
-            return
+            return False
+        return True
+
+    def _relay_raw(self, exchange: Exchange, data: bytes, start: int) -> None:
+        """Relay ``data[start:]``, bytes of a Content-Length body, as they are."""
+        left = self.raw_left
+        size = len(data) - start
+        if size > left:
+            # More than the answer framed: deliver it, but never reuse the connection.
+            self.keep_alive = False
+            size = left
+        if size:
+            self.out.append(data if size == len(data) else memoryview(data)[start : start + size])
+        self.raw_left = left - size
+        if not self.raw_left:
+            self.complete = True
         self._deliver(exchange)
 
     def _answer_heads(self, exchange: Exchange, data: bytes) -> int:
@@ -354,6 +429,7 @@ class UpstreamConnection(asyncio.Protocol):
         """
         pos = 0
         end = len(data)
+        self.answer_http11 = False
         if self.answer_open:
             # The end of a head begun in an earlier read: after it, if it was an
             # interim answer's, the next answer starts.
@@ -386,6 +462,7 @@ class UpstreamConnection(asyncio.Protocol):
                 # A final answer ("HTTP/1.1 2xx") without a HTAB anywhere: nothing to
                 # cut or normalise (the common case; a lone HTAB search is a memchr).
                 self.answer_start = False
+                self.answer_http11 = data.startswith(b"HTTP/1.1 ", pos)
                 return pos
             head_end = data.find(b"\r\n\r\n", pos)
             if head_end < 0:
@@ -457,7 +534,7 @@ class UpstreamConnection(asyncio.Protocol):
         exchange.upstream_malformed(self, why)
 
     def on_status(self, reason: bytes) -> None:
-        if not reason_is_valid(reason):
+        if reason != b"OK" and not reason_is_valid(reason):
             raise UnsolicitedAnswer  # control characters in the reason phrase: 502
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -491,7 +568,9 @@ class UpstreamConnection(asyncio.Protocol):
             raise UnsolicitedAnswer  # a second answer to one request
         parser = self.parser
         status = parser.get_status_code()
-        if status > 599 or parser.get_http_version() not in ("1.1", "1.0"):
+        if status > 599 or (
+            not self.answer_http11 and parser.get_http_version() not in ("1.1", "1.0")
+        ):
             raise UnsolicitedAnswer  # malformed: 502
         if (
             self.transfer_codings
@@ -611,6 +690,7 @@ class UpstreamConnection(asyncio.Protocol):
         )
 
     def on_body(self, body: bytes) -> None:
+        self.body_seen += len(body)
         if self.body_mode == BODY_CHUNKED:
             self.out += (b"%x\r\n" % len(body), body, CRLF)
         else:
