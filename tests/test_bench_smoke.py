@@ -1,21 +1,35 @@
 """The benchmark suite's pure parts: output parsing, tables and generated configs.
 
 No load runs here; the configs are checked by the programs that will read
-them (haproxy -c, nginx -t, maitred check) when those are installed.
+them (haproxy -c, nginx -t, maitred check) when those are installed. The one
+process started is the ceiling's reference forwarder, in front of a recording
+origin, to check that it passes bytes through unchanged.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import selectors
 import shutil
+import socket
+import ssl
 import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import trustme
 
-from bench import capacity, failover, load, nginx, origins, report, targets
+from bench import capacity, ceiling, failover, load, nginx, origins, report, targets
+from bench.ceiling import FORWARDER, CpuTicks, Results, Run
 from bench.profile import top_functions
+from bench.reference_forwarder import parse_origins
 from bench.report import Goal, Row
+from tests.support.recording import RecordingServer
 
 WRK_CLEAN = """Running 3s test @ http://127.0.0.1:60311/
   1 threads and 50 connections
@@ -366,3 +380,264 @@ def test_results_markdown_adds_sections_before_the_notes() -> None:
         [], "python -m bench", "now", {}, ["a note"], [("Failover, every run", "| t |")]
     )
     assert text.index("## Failover, every run\n\n| t |") < text.index("## Notes")
+
+
+# -- the ceiling (bench/ceiling.py) and its reference forwarder -------------------------
+
+
+def _stat_line(name: str, utime: int, stime: int) -> str:
+    # pid (comm) state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt cmajflt
+    # utime stime cutime cstime ...
+    return f"4242 ({name}) S 1 4242 4242 0 -1 4194560 900 0 0 0 {utime} {stime} 7 8 20 0 1 0\n"
+
+
+def test_parse_stat_reads_utime_and_stime_after_any_command_name() -> None:
+    assert ceiling.parse_stat(_stat_line("haproxy", 125, 380)) == CpuTicks(125, 380)
+    # A command name may hold spaces and parentheses.
+    assert ceiling.parse_stat(_stat_line("py (x) 1 2", 3, 4)) == CpuTicks(3, 4)
+
+
+def test_parse_stat_agrees_with_the_kernel_for_this_process() -> None:
+    ticks = os.sysconf("SC_CLK_TCK")
+    before = os.times()
+    mine = ceiling.parse_stat(Path(f"/proc/{os.getpid()}/stat").read_text())
+    # The same counters, read a moment later: never less, and not much more.
+    assert round(before.user * ticks) <= mine.user <= round(before.user * ticks) + ticks // 2
+    assert round(before.system * ticks) <= mine.system <= round(before.system * ticks) + ticks // 2
+    total = ceiling.read_cpu(os.getpid())  # this process and whatever it started
+    assert total.user >= mine.user and total.system >= mine.system
+
+
+def test_cpu_per_request_from_two_readings() -> None:
+    # 100 ticks/s: 1 s of user and 4 s of system time over 200,000 requests in 8 s.
+    run = ceiling.run_figures(
+        200_000, 25_000.0, 8.0, CpuTicks(1000, 2000), CpuTicks(1100, 2400), 100, errors=3
+    )
+    assert run.requests_per_second == 25_000.0
+    assert run.user_us == pytest.approx(5.0)
+    assert run.system_us == pytest.approx(20.0)
+    assert run.busy_percent == pytest.approx(62.5)
+    assert run.errors == 3
+    nothing = ceiling.run_figures(0, 0.0, 0.0, CpuTicks(1, 1), CpuTicks(1, 1), 100)
+    assert math.isnan(nothing.user_us) and math.isnan(nothing.busy_percent)
+
+
+def _ceiling_results() -> Results:
+    results = Results()
+    # (req/s, user µs, sys µs, CPU %) per round; maitred produced nothing in round 3.
+    rounds: list[dict[str, Run | None]] = [
+        {
+            "maitred": Run(30_000, 10.0, 18.0, 100.0, 0),
+            "HAProxy": Run(60_000, 4.0, 12.0, 95.0, 0),
+            FORWARDER: Run(60_000, 2.0, 14.0, 100.0, 0),
+        },
+        {
+            "maitred": Run(40_000, 11.0, 17.0, 99.0, 0),
+            "HAProxy": Run(50_000, 4.0, 13.0, 90.0, 0),
+            FORWARDER: Run(55_000, 2.0, 15.0, 100.0, 0),
+        },
+        {
+            "maitred": None,
+            "HAProxy": Run(40_000, 5.0, 12.0, 92.0, 0),
+            FORWARDER: Run(48_000, 2.0, 14.0, 100.0, 0),
+        },
+    ]
+    for runs in rounds:
+        for target, run in runs.items():
+            results.add("small", target, run)
+    return results
+
+
+def test_ceiling_throughput_table_gives_medians_and_paired_ratios() -> None:
+    lines = ceiling.throughput_table(_ceiling_results()).splitlines()
+    assert lines[0] == (
+        "| scenario | maitred req/s | HAProxy req/s | forwarder req/s | maitred/HAProxy "
+        "| forwarder/HAProxy | maitred/forwarder | goal (issue 3) | maitred meets it "
+        "| forwarder would |"
+    )
+    # Per-round ratios: maitred/HAProxy 0.5, 0.8 (round 3 missing); forwarder/HAProxy
+    # 1.0, 1.1, 1.2; maitred/forwarder 0.5, 0.727.
+    assert lines[2] == (
+        "| small | 35,000 | 50,000 | 55,000 | 0.65 | 1.10 | 0.61 | ≥ 1× HAProxy | **no** | yes |"
+    )
+    assert lines[3] == "| 50k | n/a | n/a | n/a | n/a | n/a | n/a | ≥ 1.2× HAProxy | n/a | n/a |"
+    assert lines[4].startswith("| https |") and "≥ 0.9× HAProxy" in lines[4]
+
+
+def test_ceiling_cpu_table_splits_user_and_system_time() -> None:
+    lines = ceiling.cpu_table(_ceiling_results()).splitlines()
+    assert lines[0] == (
+        "| scenario | target | user µs/req | sys µs/req | total µs/req | total / HAProxy "
+        "| proxy CPU % |"
+    )
+    # maitred's totals 28, 28 against HAProxy's 16, 17: 1.75, 1.65 -> 1.70.
+    assert lines[2:5] == [
+        "| small | maitred | 10.5 | 17.5 | 28.0 | 1.70 | 99.5 |",
+        "| small | HAProxy | 4.00 | 12.0 | 17.0 | 1.00 | 92.0 |",
+        "| small | forwarder | 2.00 | 14.0 | 16.0 | 1.00 | 100 |",
+    ]
+    assert "| https | forwarder | n/a | n/a | n/a | n/a | n/a |" in lines
+
+
+def test_ceiling_markdown_names_command_machine_rounds_and_notes() -> None:
+    text = ceiling.results_markdown(
+        _ceiling_results(),
+        "python -m bench.ceiling --quick",
+        "2026-01-01 00:00 UTC",
+        {"nproc": "2", "uvloop": "0.21.0"},
+        ["maitred ran as 1 process at start."],
+    )
+    assert "Command: `python -m bench.ceiling --quick`" in text
+    assert "- nproc: 2\n- uvloop: 0.21.0" in text
+    assert text.index("maitred/forwarder") < text.index("| small | maitred | 10.5 |")
+    assert "- small req/s: maitred 30,000, 40,000, n/a; HAProxy 60,000, 50,000, 40,000;" in text
+    assert text.rstrip().endswith("- maitred ran as 1 process at start.")
+
+
+def test_ceiling_quick_is_one_short_round_written_aside() -> None:
+    quick = ceiling.parse_args(["--quick"])
+    assert (quick.rounds, quick.duration, quick.results) == (1, 2.0, ceiling.QUICK_RESULTS)
+    full = ceiling.parse_args([])
+    assert (full.rounds, full.duration, full.results) == (3, 8.0, ceiling.DEFAULT_RESULTS)
+    assert ceiling.parse_args(["--results", "x.md"]).results == Path("x.md")
+
+
+def test_forwarder_origins_are_ports_or_addresses() -> None:
+    assert parse_origins("9001, 9002") == [("127.0.0.1", 9001), ("127.0.0.1", 9002)]
+    assert parse_origins("10.0.0.1:80,[::1]:81") == [("10.0.0.1", 80), ("::1", 81)]
+    with pytest.raises(ValueError):
+        parse_origins(" , ")
+
+
+FORWARDER_START_TIMEOUT = 15.0
+
+
+@contextmanager
+def _reference_forwarder(origin_port: int, *extra: str) -> Iterator[dict[str, int]]:
+    """`python -m bench.reference_forwarder` on free ports: {"http": port[, "https": port]}."""
+    argv = [sys.executable, "-m", "bench.reference_forwarder", "--port", "0"]
+    argv += ["--origins", str(origin_port), *extra]
+    expected = 2 if "--cert" in extra else 1
+    env = {**os.environ, "PYTHONPATH": str(targets.PROJECT_ROOT)}
+    proc = subprocess.Popen(
+        argv, cwd=targets.PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
+    )
+    try:
+        assert proc.stdout is not None
+        ports: dict[str, int] = {}
+        received = b""
+        deadline = time.monotonic() + FORWARDER_START_TIMEOUT
+        with selectors.DefaultSelector() as selector:
+            selector.register(proc.stdout, selectors.EVENT_READ)
+            while received.count(b"\n") < expected:
+                remaining = deadline - time.monotonic()
+                assert remaining > 0 and selector.select(remaining), "forwarder did not start"
+                data = os.read(proc.stdout.fileno(), 4096)
+                assert data, f"forwarder exited with {proc.wait()} before listening"
+                received += data
+        for line in received.decode().splitlines():
+            _listening, _on, scheme, address = line.split()
+            ports[scheme] = int(address.rpartition(":")[2])
+        yield ports
+        proc.terminate()
+        assert proc.wait(10) == 0  # SIGTERM: a clean stop
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def _read_answer(sock: socket.socket) -> bytes:
+    """The raw bytes of exactly one answer with a Content-Length (the origin's kind)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        piece = sock.recv(65536)
+        assert piece, f"connection closed inside an answer head: {data!r}"
+        data += piece
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")[1:]
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        piece = sock.recv(65536)
+        assert piece, "connection closed inside an answer body"
+        body += piece
+    assert len(body) == length, "more bytes than one answer"
+    return head + b"\r\n\r\n" + body
+
+
+# Odd but valid: lower-case names, spacing and order a proxy might "fix".
+FIRST_REQUEST = (
+    b"GET /one?x=1 HTTP/1.1\r\nhost: origin.test\r\nX-Odd:   spaced  \r\nAccept: */*\r\n\r\n"
+)
+SECOND_REQUEST = b"GET /two HTTP/1.1\r\nHost: origin.test\r\nx-forwarded-for: 192.0.2.9\r\n\r\n"
+
+
+def test_reference_forwarder_passes_bytes_through_unchanged_with_keep_alive() -> None:
+    with RecordingServer() as origin, _reference_forwarder(origin.port) as ports:
+        with socket.create_connection(("127.0.0.1", origin.port), timeout=10) as direct:
+            direct.sendall(FIRST_REQUEST)
+            from_origin = _read_answer(direct)
+        with socket.create_connection(("127.0.0.1", ports["http"]), timeout=10) as sock:
+            sock.sendall(FIRST_REQUEST)
+            first = _read_answer(sock)
+            sock.sendall(SECOND_REQUEST)  # the same client connection: keep-alive
+            second = _read_answer(sock)
+        assert first == second == from_origin
+        origin.wait_for_requests(3)
+        # One origin connection for the client connection, carrying the exact bytes.
+        assert len(origin.connections) == 2
+        assert bytes(origin.connections[1].raw) == FIRST_REQUEST + SECOND_REQUEST
+        assert origin.errors() == []
+
+
+def test_reference_forwarder_closes_on_a_malformed_request() -> None:
+    with RecordingServer() as origin, _reference_forwarder(origin.port) as ports:
+        with socket.create_connection(("127.0.0.1", ports["http"]), timeout=10) as sock:
+            sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+            assert sock.recv(100) == b""  # closed, nothing answered
+        origin.drain()
+        assert b"NOT HTTP" not in origin.raw_bytes()
+
+
+def test_reference_forwarder_buffers_a_large_body_sent_before_the_origin_connects() -> None:
+    body = os.urandom(1 << 20)  # 16x the buffer limit: the client gets paused, then resumed
+    request = (
+        b"POST /upload HTTP/1.1\r\nHost: origin.test\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    with RecordingServer() as origin, _reference_forwarder(origin.port) as ports:
+        with socket.create_connection(("127.0.0.1", ports["http"]), timeout=10) as sock:
+            sock.sendall(request)
+            assert _read_answer(sock).endswith(b"\r\n\r\nok")
+        origin.wait_for_requests(1)
+        assert origin.complete_requests()[0].body == body
+        assert bytes(origin.connections[0].raw) == request
+
+
+def test_reference_forwarder_terminates_tls_with_alpn_http11(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    key.write_bytes(leaf.private_key_pem.bytes())
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    client.set_alpn_protocols(["http/1.1"])
+    tls_args = ("--cert", str(cert), "--key", str(key), "--tls-port", "0")
+    with RecordingServer() as origin, _reference_forwarder(origin.port, *tls_args) as ports:
+        with socket.create_connection(("127.0.0.1", origin.port), timeout=10) as direct:
+            direct.sendall(FIRST_REQUEST)
+            from_origin = _read_answer(direct)
+        raw = socket.create_connection(("127.0.0.1", ports["https"]), timeout=10)
+        with client.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+            assert sock.selected_alpn_protocol() == "http/1.1"
+            sock.sendall(FIRST_REQUEST)
+            assert _read_answer(sock) == from_origin
+        origin.wait_for_requests(2)
+        assert bytes(origin.connections[1].raw) == FIRST_REQUEST  # plain HTTP to the origin
