@@ -3,6 +3,7 @@
     python -m bench.ceiling              # 3 rounds x 8 s (~4 min), writes bench/RESULTS-ceiling.md
     python -m bench.ceiling --rounds 5 --duration 10
     python -m bench.ceiling --quick      # smoke: 1 round x 2 s, bench/out/RESULTS-ceiling-quick.md
+    python -m bench.ceiling --work-us 4 7.5   # plus forwarders spinning 4 and 7.5 µs per read
 
 Issue 3 compares maitred with HAProxy. This asks a second question beside it: how
 far is maitred, with all its features, from what a Python proxy on the same stack
@@ -22,6 +23,12 @@ Each run records req/s and the proxy's user and system CPU time per request
 after the wrk run). The report gives medians over rounds and, as ratios, the
 median of per-round ratios (bench/report.py's Row.paired_ratio), then the CPU
 split: where a proxy's time goes, in its own code (user) or in the kernel (sys).
+
+With `--work-us N [N ...]`, one more forwarder per N (named `forwarder+Nµs`) runs
+in the rotation after the plain one: the same forwarder spinning N µs of CPU per
+client read (one request per read here), a stand-in for a proxy's own work per
+request. If maitred lands where a forwarder with maitred's extra user time per
+request lands, its gap to the ceiling is that user-space work, and nothing else.
 """
 
 from __future__ import annotations
@@ -58,7 +65,7 @@ DEFAULT_RESULTS = BENCH_DIR / "RESULTS-ceiling.md"
 QUICK_RESULTS = OUT_DIR / "RESULTS-ceiling-quick.md"
 
 FORWARDER = "forwarder"
-TARGETS = (MAITRED, HAPROXY, FORWARDER)  # rotation order within a round
+TARGETS = (MAITRED, HAPROXY, FORWARDER)  # rotation order within a round; then --work-us ones
 WRK_CONNECTIONS = 50
 WRK_THREADS = 1
 
@@ -157,11 +164,23 @@ def run_figures(
 # -- results --------------------------------------------------------------------------
 
 
-class Results:
-    """A Row per (scenario, metric); every target gets a value per round, NaN if none."""
+def work_target(work_us: float) -> str:
+    """The name of the forwarder run with --work-us `work_us`: forwarder+7.5µs."""
+    return f"{FORWARDER}+{work_us:g}µs"
 
-    def __init__(self, scenarios: tuple[Scenario, ...] = SCENARIOS) -> None:
+
+class Results:
+    """A Row per (scenario, metric); every target gets a value per round, NaN if none.
+
+    `extra_targets` (forwarders with --work-us) come after TARGETS in the tables.
+    """
+
+    def __init__(
+        self, scenarios: tuple[Scenario, ...] = SCENARIOS, extra_targets: tuple[str, ...] = ()
+    ) -> None:
         self.scenarios = scenarios
+        self.extra_targets = extra_targets
+        self.targets = (*TARGETS, *extra_targets)
         self.rows = {(s.name, m): Row(s.name, m) for s in scenarios for m in METRICS}
 
     def row(self, scenario: str, metric: str) -> Row:
@@ -190,9 +209,10 @@ def _goal_cell(ratio: float | None, goal: float) -> str:
 def throughput_table(results: Results) -> str:
     header = [
         "scenario",
-        *(f"{t} req/s" for t in TARGETS),
+        *(f"{t} req/s" for t in results.targets),
         f"{MAITRED}/{HAPROXY}",
         f"{FORWARDER}/{HAPROXY}",
+        *(f"{t}/{HAPROXY}" for t in results.extra_targets),
         f"{MAITRED}/{FORWARDER}",
         "goal (issue 3)",
         f"{MAITRED} meets it",
@@ -205,9 +225,10 @@ def throughput_table(results: Results) -> str:
         forwarder_ratio = row.paired_ratio(FORWARDER, HAPROXY)
         cells = [
             scenario.name,
-            *(format_number(row.median(t)) for t in TARGETS),
+            *(format_number(row.median(t)) for t in results.targets),
             format_ratio(maitred_ratio),
             format_ratio(forwarder_ratio),
+            *(format_ratio(row.paired_ratio(t, HAPROXY)) for t in results.extra_targets),
             format_ratio(row.paired_ratio(MAITRED, FORWARDER)),
             f"≥ {scenario.goal:g}× {HAPROXY}",
             _goal_cell(maitred_ratio, scenario.goal),
@@ -222,7 +243,7 @@ def cpu_table(results: Results) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for scenario in results.scenarios:
         total = results.row(scenario.name, TOTAL)
-        for target in TARGETS:
+        for target in results.targets:
             cells = [
                 scenario.name,
                 target,
@@ -242,7 +263,8 @@ def every_round(results: Results) -> str:
         for metric in METRICS:
             row = results.row(scenario.name, metric)
             values = "; ".join(
-                f"{t} " + ", ".join(format_number(v) for v in row.runs.get(t, [])) for t in TARGETS
+                f"{t} " + ", ".join(format_number(v) for v in row.runs.get(t, []))
+                for t in results.targets
             )
             lines.append(f"- {scenario.name} {metric}: {values}")
     return "\n".join(lines)
@@ -304,8 +326,17 @@ class Settings:
 
 
 def start_forwarder(
-    supervisor: Supervisor, workdir: Path, origin_ports: list[int], cpus: str | None, tls: TlsFiles
+    supervisor: Supervisor,
+    workdir: Path,
+    origin_ports: list[int],
+    cpus: str | None,
+    tls: TlsFiles,
+    work_us: float | None = None,
 ) -> Target:
+    """The plain forwarder, or with `work_us` the one spinning that much per read."""
+    name, log_name = FORWARDER, "forwarder.log"
+    if work_us is not None:
+        name, log_name = work_target(work_us), f"forwarder-work-{work_us:g}us.log"
     port, tls_port = free_port(), free_port()
     argv = [
         sys.executable,
@@ -322,14 +353,32 @@ def start_forwarder(
         "--tls-port",
         str(tls_port),
     ]
+    if work_us is not None:
+        argv += ["--work-us", f"{work_us:g}"]
     env = checkout_env()
     env["PYTHONPATH"] = os.pathsep.join((str(PROJECT_ROOT), env["PYTHONPATH"]))
-    child = supervisor.start(FORWARDER, argv, workdir / "forwarder.log", cpus, env)
+    child = supervisor.start(name, argv, workdir / log_name, cpus, env)
     if wait_until_serving(child, port, "/", START_TIMEOUT_SECONDS):
-        return Target(FORWARDER, port, child, tls_port=tls_port)
+        return Target(name, port, child, tls_port=tls_port)
     problem = child.log_tail(5) or "did not answer 200 on /"
     supervisor.stop(child)
-    return Target(FORWARDER, port, None, f"not available: {problem}")
+    return Target(name, port, None, f"not available: {problem}")
+
+
+def work_note(work_us: list[float]) -> str:
+    """The report's note on the --work-us forwarders."""
+    names = ", ".join(work_target(us) for us in work_us)
+    return (
+        f"{names}: the same forwarder started with `--work-us N`, which spins N µs of CPU "
+        "(a busy loop on time.perf_counter_ns) after parsing each client read, before "
+        "forwarding it. wrk sends one request per read on each keep-alive connection, so "
+        "that is N µs of user time per request: a stand-in for a proxy's own work per "
+        "request (maitred's routing, headers, balancing, bookkeeping). Where a forwarder "
+        f"spinning about maitred's extra user µs/req (maitred's minus the {FORWARDER}'s) "
+        "lands on maitred's req/s and sys µs/req, maitred's distance from the ceiling is "
+        "that user-space work; sys time per request grows with the spin as well, since "
+        "a slower proxy lets wrk and the origins go idle and be woken more often."
+    )
 
 
 def url(target: Target, scenario: Scenario) -> str:
@@ -411,6 +460,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 round of 2 s")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     parser.add_argument(
+        "--work-us",
+        type=float,
+        nargs="+",
+        default=[],
+        metavar="N",
+        help="also run, per N, a forwarder spinning N µs of CPU per client read "
+        "(forwarder+Nµs): a stand-in for a proxy's per-request work, e.g. maitred's",
+    )
+    parser.add_argument(
         "--results",
         type=Path,
         help=f"where to write the report (default {DEFAULT_RESULTS.relative_to(PROJECT_ROOT)}; "
@@ -423,6 +481,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.results = QUICK_RESULTS if args.quick else DEFAULT_RESULTS
     if args.rounds < 1 or args.duration <= 0:
         parser.error("--rounds must be at least 1 and --duration above 0")
+    if not all(math.isfinite(us) and us >= 0 for us in args.work_us):
+        parser.error("--work-us takes microseconds, 0 or more")
+    names = [work_target(us) for us in args.work_us]
+    if len(set(names)) != len(names):
+        parser.error("--work-us: the same value twice")
     return args
 
 
@@ -443,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         load_cpus=load_cpus,
     )
     workdir = fresh_directory(OUT_DIR / "ceiling-run")
-    results = Results()
+    results = Results(extra_targets=tuple(work_target(us) for us in args.work_us))
     notes: list[str] = []
     load_at_start = os.getloadavg()
     with Supervisor() as supervisor:
@@ -454,6 +517,10 @@ def main(argv: list[str] | None = None) -> int:
             for name in (MAITRED, HAPROXY)
         ]
         started.append(start_forwarder(supervisor, workdir, pool.ports, proxy_cpus, tls))
+        started += [
+            start_forwarder(supervisor, workdir, pool.ports, proxy_cpus, tls, us)
+            for us in args.work_us
+        ]
         for target in started:
             if target.available:
                 processes = len(procfs.descendants(target.pid))
@@ -471,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Load average when the run began (1, 5, 15 min): "
         f"{', '.join(f'{v:.2f}' for v in load_at_start)}; at the end: see Machine.",
         f"Throughput: wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS}, {args.rounds} round(s) of "
-        f"{args.duration:g} s per target in rotation ({', '.join(TARGETS)}) after a "
+        f"{args.duration:g} s per target in rotation ({', '.join(results.targets)}) after a "
         f"{settings.warmup_seconds:g} s warm-up of each, per scenario.",
         "maitred and HAProxy run as configured by `python -m bench` (one worker/thread, "
         "round robin, health checks every 2 s, X-Forwarded-For, keep-alive both sides). "
@@ -487,6 +554,8 @@ def main(argv: list[str] | None = None) -> int:
         "100: the proxy was the bottleneck).",
         "Origins: one nginx process, one worker, four ports; / answers 6 bytes, /50k 51,200.",
     ]
+    if args.work_us:
+        notes.append(work_note(args.work_us))
     versions = tools.versions()
     facts = {
         **tools.machine(),

@@ -3,6 +3,7 @@
     python -m bench.reference_forwarder --port 8080 --origins 9001,9002
     python -m bench.reference_forwarder --port 8080 --origins 9001,9002 \\
         --cert cert.pem --key key.pem --tls-port 8443
+    python -m bench.reference_forwarder --port 8080 --origins 9001 --work-us 7.5
 
 This is a yardstick for `python -m bench.ceiling`: the least work a Python proxy on
 the same stack as maitred (asyncio Protocol classes on uvloop, the httptools parser)
@@ -29,6 +30,13 @@ What it does:
   still flushed first.
 - With --cert/--key it also serves HTTPS on --tls-port: uvloop's TLS transport
   (``ssl=`` on create_server), ALPN http/1.1, plain HTTP to the origins.
+- With --work-us N it spins N µs of CPU (a busy loop on time.perf_counter_ns)
+  after each client read is parsed, before forwarding it. The spin stands in for
+  a proxy's own work per request (maitred's routing, headers, balancing,
+  bookkeeping): with one request per read, as with keep-alive wrk, that is N µs
+  of user CPU per request. `python -m bench.ceiling --work-us N` runs such a
+  forwarder beside the plain one, to see how much of maitred's gap that accounts
+  for. Reads after an Upgrade/CONNECT are relayed without the spin.
 
 It prints ``listening on http HOST:PORT`` (and ``https``) once bound, then runs
 until SIGTERM or SIGINT. Port 0 picks a free port (the printed line says which).
@@ -39,9 +47,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import math
 import signal
 import ssl
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -66,8 +76,9 @@ _NO_CALLBACKS = _NoCallbacks()
 class ClientSide(asyncio.Protocol):
     """One client connection and, through `upstream`, its origin connection."""
 
-    def __init__(self, origin: Origin) -> None:
+    def __init__(self, origin: Origin, work_ns: int = 0) -> None:
         self.origin = origin
+        self.work_ns = work_ns  # CPU to spin per parsed client read (--work-us)
         self.transport: asyncio.Transport | None = None
         self.upstream = UpstreamSide(self)
         self.pending: list[bytes] = []  # request bytes that came before the upstream
@@ -97,6 +108,8 @@ class ClientSide(asyncio.Protocol):
             except httptools.HttpParserError:
                 self.close()  # malformed: nothing of it goes upstream
                 return
+            if self.work_ns:
+                spin(self.work_ns)
         upstream = self.upstream.transport
         if upstream is not None:
             upstream.write(data)
@@ -200,12 +213,25 @@ class UpstreamSide(asyncio.Protocol):
         self.client.resume_reading()
 
 
-def client_factory(origins: Sequence[Origin]) -> Callable[[], ClientSide]:
+def spin(nanoseconds: int) -> None:
+    """Burn `nanoseconds` of CPU in this thread: a stand-in for per-request work."""
+    end = time.perf_counter_ns() + nanoseconds
+    while time.perf_counter_ns() < end:
+        pass
+
+
+def work_nanoseconds(work_us: float) -> int:
+    """--work-us as whole nanoseconds for `spin`."""
+    return round(work_us * 1000)
+
+
+def client_factory(origins: Sequence[Origin], work_us: float = 0.0) -> Callable[[], ClientSide]:
     """New client connections, each bound to the next origin in round-robin order."""
     if not origins:
         raise ValueError("no origin")
     rotation = itertools.cycle(origins)
-    return lambda: ClientSide(next(rotation))
+    work_ns = work_nanoseconds(work_us)
+    return lambda: ClientSide(next(rotation), work_ns)
 
 
 def parse_origins(text: str, default_host: str = "127.0.0.1") -> list[Origin]:
@@ -231,7 +257,7 @@ def tls_context(cert: str, key: str) -> ssl.SSLContext:
 
 async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
-    factory = client_factory(parse_origins(args.origins))
+    factory = client_factory(parse_origins(args.origins), args.work_us)
     servers = [await loop.create_server(factory, args.host, args.port, backlog=BACKLOG)]
     listening = [("http", servers[0])]
     if args.cert:
@@ -265,9 +291,20 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--cert", help="PEM certificate (chain) for HTTPS")
     parser.add_argument("--key", help="PEM private key for HTTPS")
     parser.add_argument("--tls-port", type=int, default=0, help="HTTPS port (0: any)")
+    parser.add_argument(
+        "--work-us",
+        type=float,
+        default=0.0,
+        metavar="N",
+        help="spin N µs of CPU after each client read is parsed (default 0): a stand-in "
+        "for a proxy's per-request work, e.g. maitred's; with one request per read, "
+        "N µs per request",
+    )
     args = parser.parse_args(argv)
     if bool(args.cert) != bool(args.key):
         parser.error("--cert and --key go together")
+    if not (math.isfinite(args.work_us) and args.work_us >= 0):
+        parser.error("--work-us must be a number of microseconds, 0 or more")
     try:
         parse_origins(args.origins)
     except ValueError as error:

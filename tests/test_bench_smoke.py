@@ -24,7 +24,17 @@ from pathlib import Path
 import pytest
 import trustme
 
-from bench import capacity, ceiling, failover, load, nginx, origins, report, targets
+from bench import (
+    capacity,
+    ceiling,
+    failover,
+    load,
+    nginx,
+    origins,
+    reference_forwarder,
+    report,
+    targets,
+)
 from bench.ceiling import FORWARDER, CpuTicks, Results, Run
 from bench.profile import top_functions
 from bench.reference_forwarder import parse_origins
@@ -502,6 +512,103 @@ def test_ceiling_quick_is_one_short_round_written_aside() -> None:
     assert ceiling.parse_args(["--results", "x.md"]).results == Path("x.md")
 
 
+def _ceiling_results_with_work() -> Results:
+    """_ceiling_results' rounds, plus a forwarder spinning 7.5 µs per read."""
+    plain = _ceiling_results()
+    results = Results(extra_targets=("forwarder+7.5µs",))
+    for key, row in plain.rows.items():
+        results.rows[key].runs.update({t: list(v) for t, v in row.runs.items()})
+    work = [Run(33_000, 9.5, 13.5, 100.0, 0), Run(36_000, 9.7, 14.0, 100.0, 0), None]
+    for run in work:
+        results.add("small", "forwarder+7.5µs", run)
+    return results
+
+
+def test_ceiling_names_the_work_forwarders_by_their_spin() -> None:
+    assert ceiling.work_target(7.5) == "forwarder+7.5µs"
+    assert ceiling.work_target(4.0) == "forwarder+4µs"
+    assert Results(extra_targets=("forwarder+4µs",)).targets == (
+        "maitred",
+        "HAProxy",
+        FORWARDER,
+        "forwarder+4µs",
+    )
+
+
+def test_ceiling_tables_are_unchanged_without_extra_targets() -> None:
+    plain = _ceiling_results()
+    assert plain.targets == ceiling.TARGETS and plain.extra_targets == ()
+    assert "µs" not in ceiling.throughput_table(plain).splitlines()[0]
+
+
+def test_ceiling_throughput_table_adds_a_column_pair_per_extra_target() -> None:
+    lines = ceiling.throughput_table(_ceiling_results_with_work()).splitlines()
+    assert lines[0] == (
+        "| scenario | maitred req/s | HAProxy req/s | forwarder req/s | forwarder+7.5µs req/s "
+        "| maitred/HAProxy | forwarder/HAProxy | forwarder+7.5µs/HAProxy | maitred/forwarder "
+        "| goal (issue 3) | maitred meets it | forwarder would |"
+    )
+    assert lines[1] == "|" + "---|" * 12
+    # forwarder+7.5µs/HAProxy per round: 0.55, 0.72 (round 3 missing) -> 0.635.
+    assert lines[2] == (
+        "| small | 35,000 | 50,000 | 55,000 | 34,500 | 0.65 | 1.10 | 0.64 | 0.61 "
+        "| ≥ 1× HAProxy | **no** | yes |"
+    )
+    assert lines[3] == (
+        "| 50k | n/a | n/a | n/a | n/a | n/a | n/a | n/a | n/a | ≥ 1.2× HAProxy | n/a | n/a |"
+    )
+
+
+def test_ceiling_cpu_table_and_rounds_list_every_extra_target() -> None:
+    results = _ceiling_results_with_work()
+    lines = ceiling.cpu_table(results).splitlines()
+    # Totals 23.0, 23.7 against HAProxy's 16, 17: 1.4375, 1.394 -> 1.42.
+    assert lines[2:6] == [
+        "| small | maitred | 10.5 | 17.5 | 28.0 | 1.70 | 99.5 |",
+        "| small | HAProxy | 4.00 | 12.0 | 17.0 | 1.00 | 92.0 |",
+        "| small | forwarder | 2.00 | 14.0 | 16.0 | 1.00 | 100 |",
+        "| small | forwarder+7.5µs | 9.60 | 13.8 | 23.4 | 1.42 | 100 |",
+    ]
+    assert lines[-1] == "| https | forwarder+7.5µs | n/a | n/a | n/a | n/a | n/a |"
+    assert len(lines) == 2 + 3 * 4
+    rounds = ceiling.every_round(results)
+    assert "; forwarder 60,000, 55,000, 48,000; forwarder+7.5µs 33,000, 36,000, n/a" in rounds
+    assert "- https req/s: maitred ; HAProxy ; forwarder ; forwarder+7.5µs \n" in rounds
+
+
+def test_ceiling_markdown_explains_the_work_forwarders() -> None:
+    note = ceiling.work_note([4.0, 7.5])
+    assert note.startswith("forwarder+4µs, forwarder+7.5µs: ")
+    assert "--work-us N" in note and "per request" in note
+    text = ceiling.results_markdown(_ceiling_results_with_work(), "c", "d", {}, [note])
+    assert text.rstrip().endswith(note)
+    assert "| small | forwarder+7.5µs | 9.60 |" in text
+
+
+def test_ceiling_work_us_takes_several_distinct_spins() -> None:
+    assert ceiling.parse_args([]).work_us == []
+    assert ceiling.parse_args(["--quick", "--work-us", "4", "7.5"]).work_us == [4.0, 7.5]
+    assert ceiling.parse_args(["--work-us", "0"]).work_us == [0.0]
+    for bad in (["--work-us", "-1"], ["--work-us", "7.5", "7.50"], ["--work-us", "nan"]):
+        with pytest.raises(SystemExit):
+            ceiling.parse_args(bad)
+
+
+def test_forwarder_work_us_is_nanoseconds_to_spin_per_read() -> None:
+    base = ["--port", "0", "--origins", "9001"]
+    assert reference_forwarder.parse_args(base).work_us == 0.0
+    assert reference_forwarder.parse_args([*base, "--work-us", "7.5"]).work_us == 7.5
+    with pytest.raises(SystemExit):
+        reference_forwarder.parse_args([*base, "--work-us", "-2"])
+    assert reference_forwarder.work_nanoseconds(7.5) == 7500
+    client = reference_forwarder.client_factory([("127.0.0.1", 9001)], 7.5)()
+    assert client.work_ns == 7500
+    assert reference_forwarder.client_factory([("127.0.0.1", 9001)])().work_ns == 0
+    start = time.perf_counter_ns()
+    reference_forwarder.spin(2_000_000)
+    assert time.perf_counter_ns() - start >= 2_000_000
+
+
 def test_forwarder_origins_are_ports_or_addresses() -> None:
     assert parse_origins("9001, 9002") == [("127.0.0.1", 9001), ("127.0.0.1", 9002)]
     assert parse_origins("10.0.0.1:80,[::1]:81") == [("10.0.0.1", 80), ("::1", 81)]
@@ -641,3 +748,29 @@ def test_reference_forwarder_terminates_tls_with_alpn_http11(tmp_path: Path) -> 
             assert _read_answer(sock) == from_origin
         origin.wait_for_requests(2)
         assert bytes(origin.connections[1].raw) == FIRST_REQUEST  # plain HTTP to the origin
+
+
+WORK_US = 20_000  # 20 ms per read: large enough to see in wall time
+
+
+def test_reference_forwarder_with_work_us_still_relays_unchanged_and_spins() -> None:
+    with (
+        RecordingServer() as origin,
+        _reference_forwarder(origin.port, "--work-us", str(WORK_US)) as ports,
+    ):
+        with socket.create_connection(("127.0.0.1", origin.port), timeout=10) as direct:
+            direct.sendall(FIRST_REQUEST)
+            from_origin = _read_answer(direct)
+        with socket.create_connection(("127.0.0.1", ports["http"]), timeout=10) as sock:
+            start = time.monotonic()
+            sock.sendall(FIRST_REQUEST)
+            first = _read_answer(sock)
+            sock.sendall(SECOND_REQUEST)
+            second = _read_answer(sock)
+            elapsed = time.monotonic() - start
+        assert first == second == from_origin
+        assert elapsed >= 2 * WORK_US / 1e6  # each request's read spun before it went on
+        origin.wait_for_requests(3)
+        assert len(origin.connections) == 2
+        assert bytes(origin.connections[1].raw) == FIRST_REQUEST + SECOND_REQUEST
+        assert origin.errors() == []
