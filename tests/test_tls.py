@@ -164,6 +164,16 @@ def test_requests_over_tls_carry_x_forwarded_proto_https(
     assert headers["x-forwarded-host"] == "alpha.test"
 
 
+def test_long_answers_arrive_whole_over_tls(three_certificates: BalancerProcess) -> None:
+    """Long bodies are relayed as views of the server's reads; over TLS they are
+    joined with the head into one write."""
+    with tls_connect(three_certificates.port, "alpha.test") as sock:
+        for size in (60_000, 5, 300_000):
+            answer = request(sock, f"/bytes?n={size}", host="alpha.test")
+            assert answer.status == 200
+            assert answer.body == (bytes(range(256)) * (size // 256 + 1))[:size]
+
+
 def test_client_certificates_are_required_with_client_ca(
     balancer: BalancerFactory, pki: Pki, backends: list[BackendProcess]
 ) -> None:
