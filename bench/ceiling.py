@@ -47,6 +47,7 @@ from types import FrameType
 
 from bench import load, origins, procfs, tls_files, tools
 from bench.processes import Supervisor, cpu_plan, free_port, fresh_directory, wait_until_serving
+from bench.procfs import CpuTicks
 from bench.report import Row, format_number, format_ratio, write
 from bench.targets import (
     HAPROXY,
@@ -92,40 +93,7 @@ SCENARIOS = (
 )
 
 
-# -- CPU time from /proc -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CpuTicks:
-    """User and system CPU time in clock ticks (utime, stime of /proc/PID/stat)."""
-
-    user: int
-    system: int
-
-    def __add__(self, other: CpuTicks) -> CpuTicks:
-        return CpuTicks(self.user + other.user, self.system + other.system)
-
-    def __sub__(self, other: CpuTicks) -> CpuTicks:
-        return CpuTicks(self.user - other.user, self.system - other.system)
-
-
-def parse_stat(text: str) -> CpuTicks:
-    """utime and stime (fields 14 and 15) of one /proc/PID/stat line."""
-    # The command name may hold spaces and parentheses: split after its last ')'.
-    fields = text[text.rindex(")") + 2 :].split()
-    # After the name, state is field 0: utime is 11, stime 12.
-    return CpuTicks(int(fields[11]), int(fields[12]))
-
-
-def read_cpu(root_pid: int) -> CpuTicks:
-    """User and system ticks of `root_pid` and every process below it."""
-    total = CpuTicks(0, 0)
-    for pid in procfs.descendants(root_pid):
-        try:
-            total += parse_stat((procfs.PROC / str(pid) / "stat").read_text())
-        except (OSError, ValueError, IndexError):
-            continue  # exited while we were reading
-    return total
+# -- one run ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -391,14 +359,14 @@ def measure(target: Target, scenario: Scenario, seconds: float, cpus: str | None
     """One wrk run with the proxy's CPU time around it; a reason when it gave nothing."""
     if not target.available:
         return f"{target.name} is not running"
-    before = read_cpu(target.pid)
+    before = procfs.cpu_ticks(target.pid)
     try:
         result = load.run_wrk(
             url(target, scenario), seconds, WRK_CONNECTIONS, WRK_THREADS, (), cpus
         )
     except ValueError as error:  # wrk printed no result: the target stopped answering
         return f"wrk failed: {str(error).strip()[:200]}"
-    after = read_cpu(target.pid)
+    after = procfs.cpu_ticks(target.pid)
     return run_figures(
         result.requests,
         result.requests_per_second,

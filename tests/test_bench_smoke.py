@@ -31,11 +31,13 @@ from bench import (
     load,
     nginx,
     origins,
+    procfs,
     reference_forwarder,
     report,
     targets,
 )
-from bench.ceiling import FORWARDER, CpuTicks, Results, Run
+from bench.ceiling import FORWARDER, Results, Run
+from bench.procfs import CpuTicks
 from bench.profile import top_functions
 from bench.reference_forwarder import parse_origins
 from bench.report import Goal, Row
@@ -401,20 +403,20 @@ def _stat_line(name: str, utime: int, stime: int) -> str:
     return f"4242 ({name}) S 1 4242 4242 0 -1 4194560 900 0 0 0 {utime} {stime} 7 8 20 0 1 0\n"
 
 
-def test_parse_stat_reads_utime_and_stime_after_any_command_name() -> None:
-    assert ceiling.parse_stat(_stat_line("haproxy", 125, 380)) == CpuTicks(125, 380)
+def test_parse_cpu_ticks_reads_utime_and_stime_after_any_command_name() -> None:
+    assert procfs.parse_cpu_ticks(_stat_line("haproxy", 125, 380)) == CpuTicks(125, 380)
     # A command name may hold spaces and parentheses.
-    assert ceiling.parse_stat(_stat_line("py (x) 1 2", 3, 4)) == CpuTicks(3, 4)
+    assert procfs.parse_cpu_ticks(_stat_line("py (x) 1 2", 3, 4)) == CpuTicks(3, 4)
 
 
-def test_parse_stat_agrees_with_the_kernel_for_this_process() -> None:
+def test_parse_cpu_ticks_agrees_with_the_kernel_for_this_process() -> None:
     ticks = os.sysconf("SC_CLK_TCK")
     before = os.times()
-    mine = ceiling.parse_stat(Path(f"/proc/{os.getpid()}/stat").read_text())
+    mine = procfs.parse_cpu_ticks(Path(f"/proc/{os.getpid()}/stat").read_text())
     # The same counters, read a moment later: never less, and not much more.
     assert round(before.user * ticks) <= mine.user <= round(before.user * ticks) + ticks // 2
     assert round(before.system * ticks) <= mine.system <= round(before.system * ticks) + ticks // 2
-    total = ceiling.read_cpu(os.getpid())  # this process and whatever it started
+    total = procfs.cpu_ticks(os.getpid())  # this process and whatever it started
     assert total.user >= mine.user and total.system >= mine.system
 
 
