@@ -534,7 +534,7 @@ class UpstreamConnection(asyncio.Protocol):
         exchange.upstream_malformed(self, why)
 
     def on_status(self, reason: bytes) -> None:
-        if reason != b"OK" and not reason_is_valid(reason):
+        if not reason_is_valid(reason):
             raise UnsolicitedAnswer  # control characters in the reason phrase: 502
 
     def on_header(self, name: bytes, value: bytes) -> None:
