@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Collection, Sequence
+from typing import Final
 
 from maitred.balancing.base import ActiveWatcher, LiveServer, RemoteLoad
 from maitred.balancing.common import BalancingStrategy
@@ -24,7 +25,7 @@ from maitred.balancing.slow_start import next_ramp_step
 from maitred.balancing.smooth_weighted import SmoothWeightedRoundRobin
 
 #: Every algorithm by its configuration name (see CONTRACT.md).
-STRATEGIES: dict[str, type[BalancingStrategy]] = {
+STRATEGIES: Final[dict[str, type[BalancingStrategy]]] = {
     strategy.name: strategy
     for strategy in (
         RoundRobin,

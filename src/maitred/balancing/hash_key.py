@@ -8,12 +8,13 @@ its client address, so it is still placed consistently.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Final
 
 Headers = Sequence[tuple[bytes, bytes]]
 #: (client_ip, headers) -> the key to hash.
 KeyFunction = Callable[[str, Headers], str]
 
-CLIENT_IP = "client_ip"
+CLIENT_IP: Final = "client_ip"
 
 
 def key_function(hash_on: str | None) -> KeyFunction:

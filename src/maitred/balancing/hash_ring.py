@@ -18,16 +18,17 @@ import random
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from hashlib import blake2b
+from typing import Final
 
 from maitred.balancing.base import LiveServer
 
-POINT_BITS = 44
+POINT_BITS: Final = 44
 #: Points and owners share one sorted list of ints: ``point << OWNER_BITS | owner``.
-OWNER_BITS = 20
-OWNER_MASK = (1 << OWNER_BITS) - 1
-POINTS_PER_WEIGHT = 100
+OWNER_BITS: Final = 20
+OWNER_MASK: Final = (1 << OWNER_BITS) - 1
+POINTS_PER_WEIGHT: Final = 100
 #: Beyond this the ring costs more to build than it gains in evenness.
-MAX_RING_POINTS = 100_000
+MAX_RING_POINTS: Final = 100_000
 
 
 def key_point(key: str) -> int:

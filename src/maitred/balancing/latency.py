@@ -10,13 +10,14 @@ tried again rather than shunned forever.
 from __future__ import annotations
 
 import math
+from typing import Final
 
 from maitred.balancing.base import LiveServer
 
 #: Seconds over which an idle server's latency estimate decays by a factor e.
-DECAY_TIME = 10.0
+DECAY_TIME: Final = 10.0
 #: Samples are at least this long, so that 0.0 keeps meaning "no sample yet".
-MIN_LATENCY = 1e-6
+MIN_LATENCY: Final = 1e-6
 
 
 def record_latency(server: LiveServer, latency: float, now: float) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Final
 
 from maitred.balancing.base import LiveServer
 from maitred.balancing.indexed_heap import HeapEntry
@@ -25,7 +26,7 @@ from maitred.balancing.latency import DECAY_TIME
 from maitred.balancing.scored import ScoredStrategy
 
 #: The latency (seconds) assumed for a server with requests outstanding and no sample yet.
-UNSAMPLED_PENALTY = 1e6
+UNSAMPLED_PENALTY: Final = 1e6
 
 
 class LeastResponseTime(ScoredStrategy):

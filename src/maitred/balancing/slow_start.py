@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Final
 
 from maitred.balancing.base import LiveServer
 
 #: The share a server starts with: small, but never zero, so it still gets probed.
-SLOW_START_FLOOR = 0.1
+SLOW_START_FLOOR: Final = 0.1
 #: How many times the Balancer re-weighs a ramping pool over one slow-start period.
-RAMP_STEPS = 20
+RAMP_STEPS: Final = 20
 
 
 def ramp_factor(server: LiveServer, now: float, slow_start: float | None) -> float:

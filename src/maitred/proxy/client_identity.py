@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from maitred.proxy import proxy_protocol
 
@@ -79,8 +79,8 @@ class ClientIdentity:
 
 #: Client addresses as bytes (X-Forwarded-For), shared by the connections from one
 #: address; cleared when it grows past _ADDRESS_CACHE_SIZE (many distinct clients).
-_ADDRESS_BYTES: dict[str, bytes] = {}
-_ADDRESS_CACHE_SIZE = 4096
+_ADDRESS_BYTES: Final[dict[str, bytes]] = {}
+_ADDRESS_CACHE_SIZE: Final = 4096
 
 
 def address_bytes(ip: str) -> bytes:

@@ -19,11 +19,11 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 #: Deadlines further than this wait in the sweeper instead of holding a timer.
-FAR_SECONDS = 2.0
-SWEEP_TICK_SECONDS = 1.0
+FAR_SECONDS: Final = 2.0
+SWEEP_TICK_SECONDS: Final = 1.0
 
 
 class Sweeper:

@@ -9,22 +9,23 @@ balancer is never ambiguous.
 from __future__ import annotations
 
 import re
+from typing import Final
 
 # What the proxy does with a header, keyed by its lowercased name (and, so that
 # common headers need no lowercasing, their usual spelling). Anything not listed
 # is ordinary: copied through unchanged, in order.
-ORDINARY = 0
-HOST = 1
-CONNECTION = 2
-HOP_BY_HOP = 3
-CONTENT_LENGTH = 4
-TRANSFER_ENCODING = 5
-FORWARDED_FOR = 6
-FORWARDED_REPLACED = 7
-REQUEST_ID = 8
-UPGRADE = 9
+ORDINARY: Final = 0
+HOST: Final = 1
+CONNECTION: Final = 2
+HOP_BY_HOP: Final = 3
+CONTENT_LENGTH: Final = 4
+TRANSFER_ENCODING: Final = 5
+FORWARDED_FOR: Final = 6
+FORWARDED_REPLACED: Final = 7
+REQUEST_ID: Final = 8
+UPGRADE: Final = 9
 
-REQUEST_HEADER_KINDS: dict[bytes, int] = {
+_REQUEST_KINDS: Final[dict[bytes, int]] = {
     b"host": HOST,
     b"connection": CONNECTION,
     b"keep-alive": HOP_BY_HOP,
@@ -42,7 +43,7 @@ REQUEST_HEADER_KINDS: dict[bytes, int] = {
     b"x-request-id": REQUEST_ID,
 }
 
-RESPONSE_HEADER_KINDS: dict[bytes, int] = {
+_RESPONSE_KINDS: Final[dict[bytes, int]] = {
     b"connection": CONNECTION,
     b"keep-alive": HOP_BY_HOP,
     b"te": HOP_BY_HOP,
@@ -57,7 +58,7 @@ RESPONSE_HEADER_KINDS: dict[bytes, int] = {
 }
 
 # Headers seen on most messages, in their usual spelling, known to be ordinary.
-COMMON_ORDINARY_HEADERS = (
+COMMON_ORDINARY_HEADERS: Final = (
     b"Accept",
     b"Accept-Encoding",
     b"Accept-Language",
@@ -94,17 +95,17 @@ def _with_usual_spellings(kinds: dict[bytes, int]) -> dict[bytes, int]:
     return table
 
 
-REQUEST_HEADER_KINDS = _with_usual_spellings(REQUEST_HEADER_KINDS)
-RESPONSE_HEADER_KINDS = _with_usual_spellings(RESPONSE_HEADER_KINDS)
+REQUEST_HEADER_KINDS: Final = _with_usual_spellings(_REQUEST_KINDS)
+RESPONSE_HEADER_KINDS: Final = _with_usual_spellings(_RESPONSE_KINDS)
 
 # Connection options that name no header (RFC 9110 section 7.6.1).
-CONNECTION_OPTIONS_WITHOUT_HEADER = frozenset({b"close", b"keep-alive", b"upgrade"})
+CONNECTION_OPTIONS_WITHOUT_HEADER: Final = frozenset({b"close", b"keep-alive", b"upgrade"})
 # Connection header values that need no parsing.
-PLAIN_CONNECTION_VALUES = frozenset(
+PLAIN_CONNECTION_VALUES: Final = frozenset(
     {b"close", b"keep-alive", b"Keep-Alive", b"Close", b"upgrade", b"Upgrade"}
 )
 
-REASONS: dict[int, bytes] = {
+REASONS: Final[dict[int, bytes]] = {
     308: b"Permanent Redirect",
     400: b"Bad Request",
     404: b"Not Found",
@@ -123,7 +124,7 @@ REASONS: dict[int, bytes] = {
 
 
 # Fields a Connection header may not remove: the balancer needs them end to end.
-PROTECTED_FROM_CONNECTION = frozenset({b"host", b"x-request-id"})
+PROTECTED_FROM_CONNECTION: Final = frozenset({b"host", b"x-request-id"})
 
 
 def connection_named_headers(value: bytes) -> list[bytes]:
@@ -181,25 +182,25 @@ def error_response(
 
 # -- checks where llhttp is more lenient than the policy (docs/http-policy.md) ----------
 
-CR = 13
-LF = 10
+CR: Final = 13
+LF: Final = 10
 #: A chunk-size line (size and extensions) or a trailer line longer than this is refused.
-MAX_CHUNK_LINE = 4096
+MAX_CHUNK_LINE: Final = 4096
 #: Spaces in a request line: one after the method, one after the target.
-REQUEST_LINE_SPACES = 2
+REQUEST_LINE_SPACES: Final = 2
 #: Enough of a request line to read its method back (the longest llhttp knows has 11 bytes).
-METHOD_PREFIX = 32
+METHOD_PREFIX: Final = 32
 
-_TOKEN_BYTES = frozenset(
+_TOKEN_BYTES: Final = frozenset(
     b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 )
 # Trailing whitespace of a Transfer-Encoding field: llhttp takes "chunked<HTAB>" for
 # another coding, while RFC 9110 5.5 says the whitespace is not part of the value.
-_TRANSFER_ENCODING_TRAILING_WS = re.compile(
+_TRANSFER_ENCODING_TRAILING_WS: Final = re.compile(
     rb"(?i)((?:^|\n)transfer-encoding:[^\r\n]*?)[ \t]+(?=\r\n)"
 )
 # Control characters a reason phrase may not hold (RFC 9112 4: HTAB, SP, VCHAR, obs-text).
-_REASON_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_REASON_CONTROL: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def skip_empty_lines(data: bytes, pos: int, pending_cr: bool) -> tuple[int, bool]:

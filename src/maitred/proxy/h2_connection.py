@@ -8,6 +8,7 @@ is compiled with mypyc (see setup.py).
 from __future__ import annotations
 
 import struct
+from typing import Final
 
 import h2.config
 import h2.connection
@@ -20,7 +21,7 @@ from maitred.proxy.h2_hpack import StatelessEncoder
 DATA, HEADERS, CONTINUATION = 0x0, 0x1, 0x9
 END_STREAM, END_HEADERS = 0x1, 0x4
 #: A frame's 9-byte head: 24-bit length (as 8 + 16 bits), type, flags, stream id.
-_FRAME_HEAD = struct.Struct(">BHBBL")
+_FRAME_HEAD: Final = struct.Struct(">BHBBL")
 
 
 def frame_head(length: int, kind: int, flags: int, stream_id: int) -> bytes:

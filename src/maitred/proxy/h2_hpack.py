@@ -23,6 +23,7 @@ next block starts with an update to size 0, which is within every limit.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Final
 
 from hpack.huffman import HuffmanEncoder
 from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
@@ -31,21 +32,21 @@ from hpack.table import HeaderTable
 __all__ = ["StatelessEncoder"]
 
 #: Fields whose values are secrets: never indexed anywhere, never cached.
-SENSITIVE = frozenset(
+SENSITIVE: Final = frozenset(
     {b"authorization", b"proxy-authorization", b"cookie", b"set-cookie", b"proxy-authenticate"}
 )
 #: Cached encodings kept at most (answers vary in date, etag, content-length).
-CACHE_LIMIT = 4096
+CACHE_LIMIT: Final = 4096
 
-_STATIC_FIELDS: dict[tuple[bytes, bytes], int] = {}
-_STATIC_NAMES: dict[bytes, int] = {}
+_STATIC_FIELDS: Final[dict[tuple[bytes, bytes], int]] = {}
+_STATIC_NAMES: Final[dict[bytes, int]] = {}
 for _index, (_name, _value) in enumerate(HeaderTable.STATIC_TABLE, start=1):
     _STATIC_FIELDS.setdefault((_name, _value), _index)
     _STATIC_NAMES.setdefault(_name, _index)
 
 _huffman = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH).encode
 #: A dynamic table size update to 0 (pattern 001, 5-bit prefix).
-TABLE_SIZE_ZERO = b"\x20"
+TABLE_SIZE_ZERO: Final = b"\x20"
 
 
 def encode_integer(value: int, prefix_bits: int, first_byte: int) -> bytes:

@@ -17,7 +17,7 @@ import logging
 import re
 from collections import deque
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import httptools
 
@@ -46,12 +46,12 @@ log = logging.getLogger("maitred.http2")
 
 # Answer bytes queued for a stream (waiting for the client's window) above which
 # the server connection stops being read, and below which it is read again.
-HIGH_WATER = 256 * 1024
-LOW_WATER = 64 * 1024
+HIGH_WATER: Final = 256 * 1024
+LOW_WATER: Final = 64 * 1024
 
 # Response headers that are about one HTTP/1.1 connection: never sent in HTTP/2
 # (RFC 9113 section 8.2.2).
-CONNECTION_SPECIFIC = frozenset(
+CONNECTION_SPECIFIC: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -62,17 +62,17 @@ CONNECTION_SPECIFIC = frozenset(
     }
 )
 
-_HOST_FORBIDDEN = frozenset(b"/\\@?#\x7f" + bytes(range(0x21)))
+_HOST_FORBIDDEN: Final = frozenset(b"/\\@?#\x7f" + bytes(range(0x21)))
 #: A request target's bytes as the HTTP/1.1 request line allows them.
 _invalid_target = re.compile(rb"[\x00-\x20\x7f#]").search
 _valid_method = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+").fullmatch
 
 # Request fields that make the block malformed (RFC 9113 section 8.2.2): they
 # are about one HTTP/1.1 connection and have no meaning in HTTP/2.
-MALFORMED_IN_H2 = frozenset(
+MALFORMED_IN_H2: Final = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
 )
-REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":authority", b":path"})
+REQUEST_PSEUDO: Final = frozenset({b":method", b":scheme", b":authority", b":path"})
 #: A field name as the HTTP/1.1 parser takes it (a token), lowercase as HTTP/2 wants.
 _valid_name = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+").fullmatch
 #: What no field value may hold: NUL, CR, LF (RFC 9113 section 8.2.1; CR and LF
@@ -546,7 +546,7 @@ class H2Stream:
             exchange.abandon()
 
 
-INTERNAL_ERROR = 0x2
+INTERNAL_ERROR: Final = 0x2
 
 
 def _refusal(

@@ -10,12 +10,12 @@ answered in order; while one waits, reading from the client pauses.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import os
-from bisect import bisect_left
+import time
 from collections import deque
-from time import monotonic
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 import httptools
 
@@ -54,21 +54,24 @@ if TYPE_CHECKING:
     from maitred.proxy.routing import ListenerSlot, PoolRuntime, RequestPolicy, RouteRuntime
 
 log = logging.getLogger("maitred.http")
+# Final: compiled code holds these in C statics, not looked up by name per call.
+_monotonic: Final = time.monotonic
+_bisect_left: Final = bisect.bisect_left
 
 # Reasons to stop reading from a client, as bits: reading resumes when none is left.
-PAUSE_PIPELINE = 1  # a request is queued behind the active one
-PAUSE_UPSTREAM = 2  # the server's socket buffer is full
-PAUSE_BUFFERING = 4  # body bytes are waiting for a connection to the server
+PAUSE_PIPELINE: Final = 1  # a request is queued behind the active one
+PAUSE_UPSTREAM: Final = 2  # the server's socket buffer is full
+PAUSE_BUFFERING: Final = 4  # body bytes are waiting for a connection to the server
 
 # Body bytes kept while the server connection is being opened, before pausing.
-MAX_PENDING_BODY = 256 * 1024
+MAX_PENDING_BODY: Final = 256 * 1024
 # Requests read ahead of the one being answered, at most (then: close after them).
-MAX_PIPELINED = 32
+MAX_PIPELINED: Final = 32
 # A request is kept for a replay on a fresh connection up to this many bytes.
-MAX_REPLAY = 64 * 1024
+MAX_REPLAY: Final = 64 * 1024
 
 # Methods a request may be sent twice with (RFC 9110 section 9.2.2).
-IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+IDEMPOTENT_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
 
 class Rejected(Exception):
@@ -354,7 +357,7 @@ class Exchange:
         server.active += 1
         server.requests += 1
         # The loop's clock moves in whole milliseconds: durations need a finer one.
-        self.started_at = monotonic()
+        self.started_at = _monotonic()
         servers = pool.connections[server]
         if pool.send_proxy_protocol is not None:
             # Connections announce one client: only this client's own may be reused.
@@ -508,11 +511,11 @@ class Exchange:
         server.active -= 1
         pool = self.pool
         assert pool is not None
-        latency = monotonic() - self.started_at
+        latency = _monotonic() - self.started_at
         server.latency_sum += latency
         if pool.observes_latency:
             pool.balancer.observe(server, latency, now)
-        pool.latency_counts[bisect_left(LATENCY_BUCKETS, latency)] += 1
+        pool.latency_counts[_bisect_left(LATENCY_BUCKETS, latency)] += 1
         pool.latency_sum += latency
         if failed or (failed is not None and server.consecutive_failures):
             pool.record_outcome(server, not failed, now)
@@ -569,7 +572,7 @@ class BodyProgress:
         self.rate_paused_at: float | None = None
 
 
-NO_BODY = BodyProgress()
+NO_BODY: Final = BodyProgress()
 
 
 class ClientConnection(ClientIdentity, asyncio.Protocol):
@@ -1490,9 +1493,9 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
 
 
 #: Bytes no Host may hold (deleted by translate: any deletion means one was there).
-_HOST_FORBIDDEN = b" \t/\\@?#"
+_HOST_FORBIDDEN: Final = b" \t/\\@?#"
 #: The header list of a connection waiting idle, never appended to (see _shed_parser).
-_NO_PARTS: list[bytes] = []
+_NO_PARTS: Final[list[bytes]] = []
 
 
 def _valid_host(host: bytes) -> bool:

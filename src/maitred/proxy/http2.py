@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import h2.config
 import h2.connection
@@ -43,17 +43,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("maitred.http2")
 
 #: What an HTTP/2 client sends first (RFC 9113 section 3.4).
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 #: The largest window HTTP/2 allows; also the largest stream id.
-MAX_WINDOW = 2**31 - 1
+MAX_WINDOW: Final = 2**31 - 1
 #: How long a graceful GOAWAY waits for the PING that follows it to come back
 #: before naming the last stream (RFC 9113 section 6.8), when the client is slow.
-GOAWAY_ROUND_TRIP_LIMIT = 1.0
+GOAWAY_ROUND_TRIP_LIMIT: Final = 1.0
 #: After a GOAWAY that ends a connection, how long bytes still arriving are read and
 #: dropped before closing (closing with unread bytes resets the connection, and the
 #: reset can destroy the GOAWAY before the client reads it).
-LINGER_SECONDS = 2.0
-GOAWAY_PING = b"maitredG"
+LINGER_SECONDS: Final = 2.0
+GOAWAY_PING: Final = b"maitredG"
 
 
 class Http2Connection(ClientIdentity, asyncio.Protocol):

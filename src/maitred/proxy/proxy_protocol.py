@@ -12,15 +12,16 @@ import ipaddress
 import socket
 import struct
 from dataclasses import dataclass
+from typing import Final
 
-V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
-V1_PREFIX = b"PROXY "
-V1_MAX_LENGTH = 107  # the spec's bound, CRLF included
-V2_HEADER_LENGTH = 16
-V2_MAX_PAYLOAD = 1024  # far above any address block plus the usual TLVs
+V2_SIGNATURE: Final = b"\r\n\r\n\x00\r\nQUIT\n"
+V1_PREFIX: Final = b"PROXY "
+V1_MAX_LENGTH: Final = 107  # the spec's bound, CRLF included
+V2_HEADER_LENGTH: Final = 16
+V2_MAX_PAYLOAD: Final = 1024  # far above any address block plus the usual TLVs
 
-_FAMILY_PROTOCOLS = {0x11: socket.AF_INET, 0x21: socket.AF_INET6}  # TCP over IPv4/IPv6
-_ADDRESS_BLOCK = {socket.AF_INET: ("!4s4sHH", 12), socket.AF_INET6: ("!16s16sHH", 36)}
+_FAMILY_PROTOCOLS: Final = {0x11: socket.AF_INET, 0x21: socket.AF_INET6}  # TCP over IPv4/IPv6
+_ADDRESS_BLOCK: Final = {socket.AF_INET: ("!4s4sHH", 12), socket.AF_INET6: ("!16s16sHH", 36)}
 
 
 class ProxyProtocolError(ValueError):

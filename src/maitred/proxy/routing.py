@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from maitred.balancing import Balancer
 from maitred.balancing.base import LiveServer
@@ -28,7 +28,7 @@ OutcomeSink = Callable[[LiveServer, bool, float], None]
 AccessLogSink = Callable[["Exchange", int, "int | None", float], None]
 
 #: Upper bounds (seconds) of the request-duration histogram buckets; the last is +Inf.
-LATENCY_BUCKETS: tuple[float, ...] = (
+LATENCY_BUCKETS: Final[tuple[float, ...]] = (
     0.001,
     0.0025,
     0.005,

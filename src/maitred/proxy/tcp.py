@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from maitred.balancing.base import LiveServer
 from maitred.proxy.deadline import Deadline
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("maitred.tcp")
 
-MAX_EARLY_BYTES = 256 * 1024  # kept while the server connection opens, then reading pauses
+MAX_EARLY_BYTES: Final = 256 * 1024  # kept while the server connection opens, then reading pauses
 
 
 class TcpListenerRuntime:

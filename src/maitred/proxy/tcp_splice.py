@@ -32,7 +32,7 @@ import os
 import socket
 import struct
 import sys
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from maitred.balancing.base import LiveServer
 from maitred.proxy.deadline import Deadline
@@ -46,23 +46,23 @@ log = logging.getLogger("maitred.tcp")
 
 #: What ``auto`` means here: measured faster than copying through Python on this
 #: kind of host (bench/tcp_bench.py), so splice wherever the platform has it.
-AUTO_PREFERS_SPLICE = True
+AUTO_PREFERS_SPLICE: Final = True
 #: Bytes a pipe holds; each splice moves at most this much. Measured CPU per GB
 #: (bench/tcp_bench.py): 64 KiB pipes cost more than copying, 256 KiB about the
 #: same, 1 MiB about 40 % less. The pages are kernel memory held only while data
 #: is queued: a connection whose reader stalls holds up to this much per direction
 #: (an unprivileged user's pipes shrink to the default once over
 #: /proc/sys/fs/pipe-user-pages-soft; F_SETPIPE_SZ failing keeps the default size).
-PIPE_SIZE = 1024 * 1024
+PIPE_SIZE: Final = 1024 * 1024
 #: Empty pipes kept for the next connections (two per connection).
-POOLED_PIPES = 128
+POOLED_PIPES: Final = 128
 #: Reads (and the writes that follow) done for one readiness event before
 #: giving the loop back, so one fast connection does not starve the others.
-ROUNDS_PER_WAKEUP = 8
+ROUNDS_PER_WAKEUP: Final = 8
 
-_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
-_RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close sends RST
-_CONNECT_PENDING = (errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK)
+_SPLICE_FLAGS: Final = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
+_RESET_ON_CLOSE: Final = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close sends RST
+_CONNECT_PENDING: Final = (errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK)
 
 
 def splice_supported() -> bool:
@@ -121,7 +121,7 @@ class PipePool:
         return len(self._free)
 
 
-PIPES = PipePool(PIPE_SIZE, POOLED_PIPES)
+PIPES: Final = PipePool(PIPE_SIZE, POOLED_PIPES)
 
 
 def adopt(
