@@ -127,6 +127,15 @@ REASONS: Final[dict[int, bytes]] = {
 PROTECTED_FROM_CONNECTION: Final = frozenset({b"host", b"x-request-id"})
 
 
+def append_field(parts: list[bytes], name: bytes, value: bytes) -> None:
+    """Add ``name: value`` and its CRLF to a head kept flat as [name, b": ", value, CRLF,
+    ...]: four appends, where ``parts += (...)`` would build and drop a tuple."""
+    parts.append(name)
+    parts.append(b": ")
+    parts.append(value)
+    parts.append(b"\r\n")
+
+
 def connection_named_headers(value: bytes) -> list[bytes]:
     """The header names a Connection header lists besides its plain options."""
     names = []

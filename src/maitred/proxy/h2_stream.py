@@ -29,6 +29,7 @@ from maitred.proxy.framing import (
     ORDINARY,
     REQUEST_HEADER_KINDS,
     REQUEST_ID,
+    append_field,
     error_body,
 )
 from maitred.proxy.http1 import (
@@ -281,7 +282,7 @@ class H2Stream:
                 continue
             kind = REQUEST_HEADER_KINDS.get(name, ORDINARY)
             if kind == ORDINARY:
-                parts += (name, b": ", value, CRLF)
+                append_field(parts, name, value)
             elif kind == HOST:
                 if host_header is not None:
                     return False
@@ -294,7 +295,7 @@ class H2Stream:
                 forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
             elif kind == REQUEST_ID:
                 request_id = value
-                parts += (name, b": ", value, CRLF)
+                append_field(parts, name, value)
             elif kind == FORWARDED_REPLACED:
                 pass  # set by the balancer below
             elif name == b"te" and value != b"trailers":

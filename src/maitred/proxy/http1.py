@@ -38,6 +38,7 @@ from maitred.proxy.framing import (
     REQUEST_LINE_SPACES,
     TRANSFER_ENCODING,
     UPGRADE,
+    append_field,
     connection_named_headers,
     drop_named_headers,
     error_response,
@@ -1119,12 +1120,12 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
         if kind is None:
             kind = REQUEST_HEADER_KINDS.get(name.lower(), ORDINARY)
         if kind == ORDINARY:
-            self.parts += (name, b": ", value, CRLF)
+            append_field(self.parts, name, value)
             return
         if kind == HOST:
             self.host = value
             self.host_count += 1
-            self.parts += (name, b": ", value, CRLF)
+            append_field(self.parts, name, value)
         elif kind == CONTENT_LENGTH:
             self.content_length = value
         elif kind == TRANSFER_ENCODING:
@@ -1138,7 +1139,7 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
             )
         elif kind == REQUEST_ID:
             self.request_id = value
-            self.parts += (name, b": ", value, CRLF)
+            append_field(self.parts, name, value)
         elif kind == CONNECTION:
             if value not in PLAIN_CONNECTION_VALUES:
                 named = connection_named_headers(value)
@@ -1251,7 +1252,7 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
             parts = [b"Host", b": ", host or b"", CRLF, *parts]
         exchange.parts = parts
         exchange.head = b"".join(
-            (
+            [  # a list: a tuple with *parts would be built as a list, then copied
                 method,
                 b" ",
                 url,
@@ -1268,7 +1269,7 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
                 body_framing,
                 upgrade_lines,
                 CRLF,
-            )
+            ]
         )
         if exchange.request_chunked or (
             self.content_length is not None and self.content_length != b"0"

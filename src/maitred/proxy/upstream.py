@@ -28,6 +28,7 @@ from maitred.proxy.framing import (
     RESPONSE_HEADER_KINDS,
     TRANSFER_ENCODING,
     UPGRADE,
+    append_field,
     connection_named_headers,
     drop_named_headers,
     normalize_transfer_encoding,
@@ -545,12 +546,12 @@ class UpstreamConnection(asyncio.Protocol):
         if kind is None:
             kind = RESPONSE_HEADER_KINDS.get(name.lower(), ORDINARY)
         if kind == ORDINARY:
-            self.head_parts += (name, b": ", value, CRLF)
+            append_field(self.head_parts, name, value)
         elif kind == CONTENT_LENGTH:
             self.response_length = value
         elif kind == REQUEST_ID:
             self.has_request_id = True
-            self.head_parts += (name, b": ", value, CRLF)
+            append_field(self.head_parts, name, value)
         elif kind == CONNECTION:
             if value not in PLAIN_CONNECTION_VALUES:
                 named = connection_named_headers(value)
@@ -600,7 +601,7 @@ class UpstreamConnection(asyncio.Protocol):
         head = [status_line(status)]
         head += parts
         if not self.has_request_id:
-            head += (b"X-Request-Id: ", exchange.request_id, CRLF)
+            append_field(head, b"X-Request-Id", exchange.request_id)
         if exchange.response_headers:
             head.append(exchange.response_headers)
         if not exchange.request_done:
@@ -611,10 +612,10 @@ class UpstreamConnection(asyncio.Protocol):
         if exchange.is_head or status == 204 or status == 304:
             self.body_mode = BODY_NONE
             if self.response_length is not None and status != 204:  # RFC 9110 8.6
-                head += (b"Content-Length: ", self.response_length, CRLF)
+                append_field(head, b"Content-Length", self.response_length)
         elif self.response_length is not None:
             self.body_mode = BODY_LENGTH
-            head += (b"Content-Length: ", self.response_length, CRLF)
+            append_field(head, b"Content-Length", self.response_length)
         elif self.chunked:
             self.body_mode = BODY_CHUNKED
             head.append(b"Transfer-Encoding: chunked\r\n")
@@ -656,7 +657,7 @@ class UpstreamConnection(asyncio.Protocol):
         head = [status_line(101), *self.head_parts]
         head += (b"Connection: Upgrade\r\nUpgrade: ", self.upgrade_value, CRLF)
         if not self.has_request_id:
-            head += (b"X-Request-Id: ", exchange.request_id, CRLF)
+            append_field(head, b"X-Request-Id", exchange.request_id)
         head.append(CRLF)
         self.out.append(b"".join(head))
         self.status = 101
