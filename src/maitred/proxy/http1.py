@@ -632,6 +632,7 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
         self.plane = plane
         self.slot = slot
         self.loop = plane.loop
+        #: Where answers go, as HTTP/1.1 bytes; None once the client is gone.
         self.transport: asyncio.Transport | None = None
         #: None while the connection waits idle (see _shed_parser): made again on data.
         self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
@@ -652,8 +653,11 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
         # Pipelined requests waiting their turn; created on first use (an idle
         # connection should cost as little memory as possible).
         self.queue: deque[Exchange] | None = None
+        #: Reasons (bits, PAUSE_*) not to take more request bytes now.
         self.paused = 0
+        #: The client is not taking answer bytes: its server connections stop reading.
         self.write_paused = False
+        #: No further request will be read after the current ones.
         self.closing = False
         self.in_head = True
         self.head_bytes = 0
