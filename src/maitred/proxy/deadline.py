@@ -124,16 +124,19 @@ class Deadline:
         return self._handle is not None
 
     def arm(self, delay: float) -> None:
-        self.arm_at(self._loop.time() + delay, delay)
+        now = self._loop.time()
+        self.arm_at(now + delay, delay, now)
 
-    def arm_at(self, at: float, period: float) -> None:
+    def arm_at(self, at: float, period: float, now: float) -> None:
+        """Expire at ``at``; ``now`` is the caller's loop time (uvloop reads the clock
+        on every ``loop.time()``, and the callers on the hot path have just done so)."""
         self.at = at
         self.period = period
         self.touched = False
         handle = self._handle
         if handle is not None and at >= self._handle_at:
             return  # the handle fires first and re-arms for the later time
-        self._schedule(at, self._loop.time())
+        self._schedule(at, now)
 
     def disarm(self) -> None:
         self.at = None

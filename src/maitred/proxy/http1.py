@@ -800,7 +800,7 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
             return
         self.body.rate_base += now - paused_at
         timeout = self.slot.runtime.body_timeout
-        self.deadline.arm_at(min(now + timeout, self._rate_deadline(exchange)), timeout)
+        self.deadline.arm_at(min(now + timeout, self._rate_deadline(exchange)), timeout, now)
 
     def _rate_deadline(self, exchange: Exchange) -> float:
         """When the body received so far stops covering the minimum data rate."""
@@ -1288,9 +1288,9 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
                 # Past the grace, each byte buys 1/rate s (on_body moves the deadline).
                 body.seconds_per_byte = 1.0 / runtime.body_min_rate
                 body.rate_base = now + runtime.body_min_rate_grace
-                self.deadline.arm_at(min(body.rate_base, inactive_at), runtime.body_timeout)
+                self.deadline.arm_at(min(body.rate_base, inactive_at), runtime.body_timeout, now)
             else:
-                self.deadline.arm_at(inactive_at, runtime.body_timeout)
+                self.deadline.arm_at(inactive_at, runtime.body_timeout, now)
         self.parsing = exchange
         exchange.route = (
             runtime.route(host or b"", url) if runtime.routes else runtime.default_route
@@ -1424,7 +1424,7 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
             return
         if self.parsing is None:
             idle = self.slot.runtime.idle_timeout
-            self.deadline.arm_at(now + idle, idle)
+            self.deadline.arm_at(now + idle, idle, now)
 
     def answer_error(
         self,

@@ -107,7 +107,7 @@ class ServerConnections:
             conn.close()
             return
         conn.exchange = None
-        conn.deadline.arm_at(now + self.idle_timeout, self.idle_timeout)
+        conn.deadline.arm_at(now + self.idle_timeout, self.idle_timeout, now)
         # Read while idle, so a close from the server is noticed at once.
         conn.resume_reading()
         self.idle.append(conn)
@@ -289,7 +289,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.complete = False
         self.status = 0
         self._reset_head()
-        self.deadline.arm_at(now + response_timeout, response_timeout)
+        self.deadline.arm_at(now + response_timeout, response_timeout, now)
 
     def _reset_head(self) -> None:
         self.head_parts = []
