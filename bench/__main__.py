@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import signal
 import sys
@@ -82,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         proxy_cpus=proxy_cpus,
     )
     notes: list[str] = []
-    load_at_start = os.getloadavg()
+    load_at_start = tools.load_average()
     with Supervisor() as supervisor:
         pool = origins.start(supervisor, workdir, load_cpus)
         tls = tls_files.generate(workdir)
@@ -106,8 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = scenarios.run(names, bench)
 
     notes += [
-        f"Load average when the run began (1, 5, 15 min): "
-        f"{', '.join(f'{v:.2f}' for v in load_at_start)}; at the end: see Machine.",
+        tools.load_at_start_note(load_at_start),
         "Open-source NGINX has no active health checks (only passive max_fails); "
         "HAProxy and maitred check GET /health every 2 s.",
         f"Throughput: wrk -t{args.threads} -c{args.connections}, {args.rounds} round(s) of "
@@ -122,8 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     facts = {**tools.machine(), **tools.versions(), "pinning": pinning}
     command = shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
     date = time.strftime("%Y-%m-%d %H:%M %Z")
-    load_now = os.getloadavg()
-    facts["load average at the end (1, 5, 15 min)"] = ", ".join(f"{v:.2f}" for v in load_now)
+    facts[tools.LOAD_AT_END] = tools.load_average()
     text = report.results_markdown(rows, command, date, facts, notes, bench.sections)
     report.write(args.results, text)
     print(report.table(rows))

@@ -476,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = fresh_directory(OUT_DIR / "ceiling-run")
     results = Results(extra_targets=tuple(work_target(us) for us in args.work_us))
     notes: list[str] = []
-    load_at_start = os.getloadavg()
+    load_at_start = tools.load_average()
     with Supervisor() as supervisor:
         pool = origins.start(supervisor, workdir, load_cpus)
         tls = tls_files.generate(workdir)
@@ -503,8 +503,7 @@ def main(argv: list[str] | None = None) -> int:
             notes += run_scenario(scenario, started, settings, results)
 
     notes += [
-        f"Load average when the run began (1, 5, 15 min): "
-        f"{', '.join(f'{v:.2f}' for v in load_at_start)}; at the end: see Machine.",
+        tools.load_at_start_note(load_at_start),
         f"Throughput: wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS}, {args.rounds} round(s) of "
         f"{args.duration:g} s per target in rotation ({', '.join(results.targets)}) after a "
         f"{settings.warmup_seconds:g} s warm-up of each, per scenario.",
@@ -534,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         "uvloop": _package_version("uvloop"),
         "httptools": _package_version("httptools"),
         "pinning": pinning,
-        "load average at the end (1, 5, 15 min)": ", ".join(f"{v:.2f}" for v in os.getloadavg()),
+        tools.LOAD_AT_END: tools.load_average(),
     }
     command = shlex.join(["python", "-m", "bench.ceiling", *arguments])
     date = time.strftime("%Y-%m-%d %H:%M %Z")

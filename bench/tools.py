@@ -96,3 +96,19 @@ def machine() -> dict[str, str]:
         "cpu": cpu_model,
         "kernel": platform.release(),
     }
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, as every report prints them."""
+    return ", ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def load_at_start_note(load_at_start: str) -> str:
+    """The report note giving the load when the run began (the end's is a machine fact)."""
+    return (
+        f"Load average when the run began (1, 5, 15 min): {load_at_start}; at the end: see Machine."
+    )
+
+
+#: The machine fact naming the load at the end of a run.
+LOAD_AT_END = "load average at the end (1, 5, 15 min)"
