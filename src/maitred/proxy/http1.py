@@ -1149,7 +1149,7 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
                 named = connection_named_headers(value)
                 if named:
                     self.named_hop = (self.named_hop or []) + named
-            if b"upgrade" in value.lower():
+            if value.lower().find(b"upgrade") >= 0:
                 self.connection_upgrade = True
         elif kind == UPGRADE:
             self.upgrade = value
@@ -1203,7 +1203,7 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
         if url[:1] != b"/":
             url = self._origin_form(url, host, method)
             host = self.host
-        if b"#" in url:
+        if url.find(b"#") >= 0:  # not `in`: see the README, "The compiled data plane"
             self._reject(400, "a fragment is not part of a request target")
             raise Rejected
 
@@ -1337,7 +1337,7 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
             if found != -1:
                 end = min(end, found)
         authority, path = rest[:end], rest[end:]
-        if b"@" in authority or not authority:
+        if authority.find(b"@") >= 0 or not authority:
             self._reject(400, "invalid authority in the request target")
             raise Rejected
         if host is not None and host.lower() != authority.lower():
