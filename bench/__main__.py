@@ -108,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         tools.load_at_start_note(load_at_start),
         "Open-source NGINX has no active health checks (only passive max_fails); "
         "HAProxy and maitred check GET /health every 2 s.",
+        "Headers: every target adds what maitred adds by contract, X-Forwarded-For, "
+        "X-Forwarded-Proto, X-Forwarded-Host and X-Request-Id to requests and X-Request-Id "
+        "to answers (HAProxy: set-header and unique-id-format, NGINX: proxy_set_header, "
+        "$request_id and add_header), except HAProxy-xff, which adds X-Forwarded-For only, "
+        "as the benchmarks did before 2026-11-27. Goals compare with HAProxy.",
         f"Throughput: wrk -t{args.threads} -c{args.connections}, {args.rounds} round(s) of "
         f"{args.duration:g} s per target in rotation after a {settings.warmup_seconds:g} s "
         "warm-up each; 'close' sends Connection: close on every request.",

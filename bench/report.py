@@ -7,7 +7,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.targets import ALL_TARGETS, HAPROXY, MAITRED, NGINX
+from bench.targets import ALL_TARGETS, HAPROXY, HAPROXY_XFF_ONLY, MAITRED, NGINX
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,7 @@ def table(rows: list[Row]) -> str:
         *ALL_TARGETS,
         f"{MAITRED}/{HAPROXY}",
         f"{MAITRED}/{NGINX}",
+        f"{MAITRED}/{HAPROXY_XFF_ONLY}",
         "goal",
         "met",
     ]
@@ -119,6 +120,7 @@ def table(rows: list[Row]) -> str:
                 *(format_number(medians[t]) for t in ALL_TARGETS),
                 format_ratio(row.paired_ratio(MAITRED, HAPROXY)),
                 format_ratio(row.paired_ratio(MAITRED, NGINX)),
+                format_ratio(row.paired_ratio(MAITRED, HAPROXY_XFF_ONLY)),
                 *_goal_cells(row),
             ]
         lines.append("| " + " | ".join(cells) + " |")

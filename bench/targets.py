@@ -2,8 +2,12 @@
 
 Equivalent means: one worker/thread (scenario "workers" also runs two), round
 robin over the same four origins, active health checks every 2 s on /health
-(except open-source NGINX, which has none), X-Forwarded-For added, keep-alive
-to clients and origins, logging off. With a `tcp_port`, each also relays raw
+(except open-source NGINX, which has none), keep-alive to clients and origins,
+logging off, and the same headers: what maitred adds to every request by
+contract (X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host, X-Request-Id)
+and the X-Request-Id it adds to every answer. "HAProxy-xff" is HAProxy adding
+X-Forwarded-For only, as these benchmarks did before: its column shows how much
+of a ratio the header work accounts for. With a `tcp_port`, each also relays raw
 TCP (layer 4, round robin) to the same origins on that port.
 """
 
@@ -23,7 +27,10 @@ from bench.tools import require
 MAITRED = "maitred"
 HAPROXY = "HAProxy"
 NGINX = "NGINX"
-ALL_TARGETS = (MAITRED, HAPROXY, NGINX)
+HAPROXY_XFF_ONLY = "HAProxy-xff"
+ALL_TARGETS = (MAITRED, HAPROXY, NGINX, HAPROXY_XFF_ONLY)
+# maitred's request ID is a random per-process prefix and a counter, in hex.
+HAPROXY_REQUEST_ID = r"%{+X}o\ %pid-%rt"
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Enough descriptors for the 10,000 idle connections, under the 20,000 per process.
@@ -62,13 +69,32 @@ def haproxy_config(
     *,
     threads: int = 1,
     tcp_port: int = 0,
+    same_headers: bool = True,
 ) -> str:
+    """`same_headers`: the headers maitred adds (see the module's docstring);
+    without, X-Forwarded-For only."""
+
+    def forwarded(scheme: str) -> str:
+        if not same_headers:
+            return ""
+        return (
+            f"    http-request set-header X-Forwarded-Proto {scheme}\n"
+            "    http-request set-header X-Forwarded-Host %[req.hdr(host)]\n"
+        )
+
+    request_id = ""
+    answer_request_id = ""
+    if same_headers:
+        request_id = (
+            f"    unique-id-format {HAPROXY_REQUEST_ID}\n    unique-id-header X-Request-Id\n"
+        )
+        answer_request_id = "    http-after-response set-header X-Request-Id %[unique-id]\n"
     tls_frontend = ""
     if tls is not None:
         tls_frontend = f"""
 frontend bench_tls
     bind 127.0.0.1:{tls_port} ssl crt {tls.combined} alpn http/1.1
-    default_backend origins
+{forwarded("https")}    default_backend origins
 """
     servers = "\n".join(
         f"    server origin{i} 127.0.0.1:{p} check inter 2s" for i, p in enumerate(origin_ports)
@@ -112,15 +138,15 @@ defaults
     option http-keep-alive
     option forwardfor
     http-reuse always
-
+{request_id}
 frontend bench
     bind 127.0.0.1:{port}
-    default_backend origins
+{forwarded("http")}    default_backend origins
 {tls_frontend}
 backend origins
     balance roundrobin
     option httpchk GET /health
-{servers}
+{answer_request_id}{servers}
 {tcp_proxy}"""
 
 
@@ -180,6 +206,10 @@ http {{
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $http_host;
+      proxy_set_header X-Request-Id $request_id;
+      add_header X-Request-Id $request_id always;
       proxy_buffer_size 16k;
       proxy_buffers 8 16k;
     }}
@@ -291,12 +321,19 @@ def start(
         file_name = label or "nginx-proxy"
         conf = nginx_proxy_config(workdir, port, origin_ports, tls_port, tls, tcp_port=tcp_port)
         child = nginx.start(supervisor, workdir, file_name, conf, cpus)
-    elif name == HAPROXY:
-        file_name = label or "haproxy"
+    elif name in (HAPROXY, HAPROXY_XFF_ONLY):
+        file_name = label or name.lower()
         conf_path = workdir / f"{file_name}.cfg"
-        conf_path.write_text(
-            haproxy_config(port, origin_ports, tls_port, tls, threads=workers, tcp_port=tcp_port)
+        conf = haproxy_config(
+            port,
+            origin_ports,
+            tls_port,
+            tls,
+            threads=workers,
+            tcp_port=tcp_port,
+            same_headers=name == HAPROXY,
         )
+        conf_path.write_text(conf)
         argv = [require("haproxy"), "-f", str(conf_path), "-db"]
         child = supervisor.start(name, argv, workdir / f"{file_name}.log", cpus)
     elif name == MAITRED:

@@ -37,11 +37,12 @@ from bench import (
     targets,
 )
 from bench.ceiling import FORWARDER, Results, Run
+from bench.processes import Supervisor
 from bench.procfs import CpuTicks
 from bench.profile import top_functions
 from bench.reference_forwarder import parse_origins
 from bench.report import Goal, Row
-from tests.support.recording import RecordingServer
+from tests.support.recording import RecordedRequest, RecordingServer
 
 WRK_CLEAN = """Running 3s test @ http://127.0.0.1:60311/
   1 threads and 50 connections
@@ -149,18 +150,22 @@ def test_table_shows_medians_ratios_and_goal() -> None:
         Row("https", "req/s", skipped="needs TLS termination (issue 7)"),
     ]
     lines = report.table(rows).splitlines()
-    assert lines[0].startswith("| scenario | metric | maitred | HAProxy | NGINX |")
+    assert lines[0].startswith(
+        "| scenario | metric | maitred | HAProxy | NGINX | HAProxy-xff | maitred/HAProxy |"
+    )
     # per-round ratios: 1.00, 1.10, 1.07 -> 1.07; 1.50, 1.50, 1.55 -> 1.50
     assert lines[2] == (
-        "| small | req/s | 31,000 | 30,000 | 20,000 | 1.07 | 1.50 | ≥ 1× HAProxy | yes |"
+        "| small | req/s | 31,000 | 30,000 | 20,000 | n/a | 1.07 | 1.50 | n/a"
+        " | ≥ 1× HAProxy | yes |"
     )
     assert "skipped: needs TLS termination (issue 7)" in lines[3]
 
 
 def test_table_says_na_for_a_target_that_did_not_run() -> None:
     row = Row("small", "req/s", {"HAProxy": [100.0], "NGINX": [90.0]}, Goal("ratio_at_least", 1))
-    assert "| small | req/s | n/a | 100 | 90.0 | n/a | n/a | ≥ 1× HAProxy | n/a |" in report.table(
-        [row]
+    assert (
+        "| small | req/s | n/a | 100 | 90.0 | n/a | n/a | n/a | n/a | ≥ 1× HAProxy | n/a |"
+        in report.table([row])
     )
 
 
@@ -174,7 +179,7 @@ def test_results_markdown_names_command_machine_and_notes() -> None:
     )
     assert "`python -m bench --quick`" in text
     assert "- nproc: 2" in text
-    assert "- small req/s: maitred 1.00, n/a, 2.00; HAProxy ; NGINX " in text
+    assert "- small req/s: maitred 1.00, n/a, 2.00; HAProxy ; NGINX ; HAProxy-xff " in text
     assert "- NGINX has no active health checks." in text
 
 
@@ -195,6 +200,40 @@ def test_top_functions_ranks_self_and_inclusive_time() -> None:
     assert lines[first] == " 50.0     50.0  parse (proxy.py:20)"
     assert " 25.0     75.0  data_received (proxy.py:10)" in lines
     assert "100.0  run (loop.py:1)" in text
+
+
+@pytest.mark.skipif(
+    shutil.which("haproxy") is None or shutil.which("nginx") is None,
+    reason="haproxy and nginx not installed",
+)
+def test_every_target_adds_the_headers_maitred_adds(tmp_path: Path) -> None:
+    # The comparison is fair only if HAProxy and NGINX do maitred's header work
+    # too; HAProxy-xff is the X-Forwarded-For-only yardstick of earlier runs.
+    added = (b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id")
+    with RecordingServer() as origin, Supervisor() as supervisor:
+        for name in targets.ALL_TARGETS:
+            target = targets.start(name, supervisor, tmp_path, [origin.port], None)
+            assert target.available, f"{name}: {target.problem}"
+            path = f"/{name.lower()}".encode()
+            with socket.create_connection(("127.0.0.1", target.port), timeout=10) as sock:
+                sock.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: bench.test:81\r\n\r\n")
+                answer = _read_answer(sock).lower()
+            origin.wait_for(lambda server, path=path: _received(server, path) is not None)
+            request = _received(origin, path)
+            assert request is not None
+            assert request.header_values(b"x-forwarded-for") == [b"127.0.0.1"], name
+            if name == targets.HAPROXY_XFF_ONLY:
+                assert not any(request.header_values(header) for header in added)
+                assert b"\r\nx-request-id:" not in answer
+                continue
+            assert request.header_values(b"x-forwarded-proto") == [b"http"], name
+            assert request.header_values(b"x-forwarded-host") == [b"bench.test:81"], name
+            [request_id] = request.header_values(b"x-request-id")
+            assert b"\r\nx-request-id: " + request_id.lower() + b"\r\n" in answer, name
+
+
+def _received(origin: RecordingServer, target: bytes) -> RecordedRequest | None:
+    return next((r for r in origin.complete_requests() if r.target == target), None)
 
 
 def test_configs_hold_the_equivalent_settings(tmp_path: Path) -> None:
