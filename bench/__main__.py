@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import signal
 import sys
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = scenarios.Settings(
         seconds=args.duration,
         rounds=args.rounds,
-        warmup_seconds=max(1.0, min(3.0, args.duration / 3)),
+        warmup_seconds=float(max(1, min(3, math.ceil(args.duration / 3)))),  # wrk: whole seconds
         connections=args.connections,
         threads=args.threads,
         load_cpus=load_cpus,

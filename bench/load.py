@@ -32,7 +32,8 @@ class FixedRateResult:
 def wrk_command(
     url: str, seconds: float, connections: int, threads: int, headers: tuple[str, ...] = ()
 ) -> list[str]:
-    argv = [require("wrk"), f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s"]
+    # wrk reads whole seconds only: "-d2.5s" prints its usage instead of running.
+    argv = [require("wrk"), f"-t{threads}", f"-c{connections}", f"-d{max(1, math.ceil(seconds))}s"]
     for header in headers:
         argv += ["-H", header]
     return [*argv, url]
