@@ -81,7 +81,8 @@ def test_parse_wrk_rejects_output_without_a_result() -> None:
 
 def test_wrk_command_carries_headers_and_duration() -> None:
     argv = load.wrk_command("http://x/", 2.5, 50, 1, ("Connection: close",))
-    assert argv[1:] == ["-t1", "-c50", "-d2.5s", "-H", "Connection: close", "http://x/"]
+    assert argv[1:] == ["-t1", "-c50", "-d3s", "-H", "Connection: close", "http://x/"]
+    assert load.wrk_command("http://x/", 8, 50, 1)[3] == "-d8s"
 
 
 def test_h2load_command_spreads_the_rate_over_clients() -> None:
