@@ -891,7 +891,8 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
                 # The common read: one whole request head, nothing after it, no HTAB.
                 self.at_boundary = False
                 self.line_open = False
-                self.line_http11 = data.startswith(b" HTTP/1.1", line_end - 9)
+                # A slice and == are compiled; startswith(x, start) is a generic call.
+                self.line_http11 = data[line_end - 9 : line_end] == b" HTTP/1.1"
                 stop = end
                 exact = True
                 line_from = 0

@@ -463,7 +463,10 @@ class UpstreamConnection(asyncio.Protocol):
                 # A final answer ("HTTP/1.1 2xx") without a HTAB anywhere: nothing to
                 # cut or normalise (the common case; a lone HTAB search is a memchr).
                 self.answer_start = False
-                self.answer_http11 = data.startswith(b"HTTP/1.1 ", pos)
+                # One-argument startswith is compiled; with a start, a generic call.
+                self.answer_http11 = (
+                    data.startswith(b"HTTP/1.1 ") if not pos else data.startswith(b"HTTP/1.1 ", pos)
+                )
                 return pos
             head_end = data.find(b"\r\n\r\n", pos)
             if head_end < 0:
