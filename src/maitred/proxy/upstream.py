@@ -464,10 +464,8 @@ class UpstreamConnection(asyncio.Protocol):
                 # A final answer ("HTTP/1.1 2xx") without a HTAB anywhere: nothing to
                 # cut or normalise (the common case; a lone HTAB search is a memchr).
                 self.answer_start = False
-                # One-argument startswith is compiled; with a start, a generic call.
-                self.answer_http11 = (
-                    data.startswith(b"HTTP/1.1 ") if not pos else data.startswith(b"HTTP/1.1 ", pos)
-                )
+                # A slice and == are compiled; startswith(x, start) is a generic call.
+                self.answer_http11 = data[pos : pos + 9] == b"HTTP/1.1 "
                 return pos
             head_end = data.find(b"\r\n\r\n", pos)
             if head_end < 0:
