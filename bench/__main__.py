@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import shlex
 import signal
 import sys
@@ -11,7 +10,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from bench import origins, report, scenarios, targets, tls_files, tools
+from bench import load, origins, report, scenarios, targets, tls_files, tools
 from bench.processes import Supervisor, cpu_plan, fresh_directory
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -74,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = scenarios.Settings(
         seconds=args.duration,
         rounds=args.rounds,
-        warmup_seconds=float(max(1, min(3, math.ceil(args.duration / 3)))),  # wrk: whole seconds
+        warmup_seconds=load.warmup_seconds(args.duration),
         connections=args.connections,
         threads=args.threads,
         load_cpus=load_cpus,

@@ -470,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(
         seconds=args.duration,
         rounds=args.rounds,
-        warmup_seconds=float(max(1, min(3, math.ceil(args.duration / 3)))),  # wrk: whole seconds
+        warmup_seconds=load.warmup_seconds(args.duration),
         load_cpus=load_cpus,
     )
     workdir = fresh_directory(OUT_DIR / "ceiling-run")

@@ -29,6 +29,11 @@ class FixedRateResult:
     errors: int  # non-2xx answers and requests that never completed
 
 
+def warmup_seconds(duration: float) -> float:
+    """A third of a measured run, 1 to 3 s, whole seconds as wrk takes them."""
+    return float(max(1, min(3, math.ceil(duration / 3))))
+
+
 def wrk_command(
     url: str, seconds: float, connections: int, threads: int, headers: tuple[str, ...] = ()
 ) -> list[str]:

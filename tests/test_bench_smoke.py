@@ -85,6 +85,10 @@ def test_wrk_command_carries_headers_and_duration() -> None:
     assert load.wrk_command("http://x/", 8, 50, 1)[3] == "-d8s"
 
 
+def test_warmup_is_a_third_of_a_run_in_whole_seconds_from_1_to_3() -> None:
+    assert [load.warmup_seconds(d) for d in (2, 6, 8, 30)] == [1.0, 2.0, 3.0, 3.0]
+
+
 def test_h2load_command_spreads_the_rate_over_clients() -> None:
     argv = load.h2load_command("http://x/", 10_000, 10, 50, Path("/tmp/log"))
     assert "--rps=200" in argv and "--clients=50" in argv and "--h1" in argv
