@@ -64,6 +64,10 @@ def test_every_per_request_module_is_compiled() -> None:
         )
 
 
+def _source(module: str) -> Path:
+    return PACKAGE_DIR / (module.replace(".", "/") + ".py")
+
+
 CONSTANT_NAME = re.compile(r"_?[A-Z][A-Z0-9_]*")
 
 
@@ -79,7 +83,7 @@ def test_module_constants_of_compiled_modules_are_final() -> None:
     # which was 8% of the per-request time before the constants were marked Final.
     unmarked = []
     for name in MODULES:
-        path = PACKAGE_DIR / (name.replace(".", "/") + ".py")
+        path = _source(name)
         for node in ast.parse(path.read_text()).body:
             if isinstance(node, ast.Assign):
                 targets = [t for t in node.targets if isinstance(t, ast.Name)]
@@ -104,7 +108,7 @@ def test_compiled_modules_search_bytes_with_find_not_in() -> None:
     # the per-request time; `data.find(sub) >= 0` raises nothing.
     found = []
     for name in MODULES:
-        path = PACKAGE_DIR / (name.replace(".", "/") + ".py")
+        path = _source(name)
         for node in ast.walk(ast.parse(path.read_text())):
             if (
                 isinstance(node, ast.Compare)
@@ -119,7 +123,7 @@ def test_compiled_modules_search_bytes_with_find_not_in() -> None:
 def test_pure_python_mode_imports_every_source_file() -> None:
     origins, _ = _origins(dict(os.environ, MAITRED_PURE_PYTHON="1"), MODULES)
     for name in MODULES:
-        assert origins[name] == str(PACKAGE_DIR / (name.replace(".", "/") + ".py"))
+        assert origins[name] == str(_source(name))
 
 
 def test_an_edited_source_file_makes_every_compiled_package_run_from_source(
