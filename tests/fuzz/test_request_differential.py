@@ -9,6 +9,7 @@ h11 refuses must never reach a server; and maitred must never raise.
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -44,3 +45,24 @@ def test_random_bytes_never_crash_or_forward_garbage(
     proxy: InMemoryProxy, error_log: ErrorLog, raw: bytes, prefix: bytes
 ) -> None:
     check_against_reference(prefix + raw, proxy.run([prefix + raw]), error_log)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"G\r\n ET / HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"P\r\nOST /0 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n",
+        b"GET /\r\nHost: a\r\n\r\n",
+        b"A\r\n\r\n",
+    ],
+)
+def test_a_request_line_shorter_than_a_version_is_refused_not_crashed_on(
+    proxy: InMemoryProxy, error_log: ErrorLog, raw: bytes
+) -> None:
+    # Found by the long fuzz profile: the compiled version check sliced from a
+    # negative start, which mypyc turns into a SystemError instead of b"".
+    outcome = proxy.run([raw])
+    assert outcome.answered.split(b" ", 2)[1] in (b"400", b"505"), outcome.answered
+    assert outcome.client_closed
+    assert not outcome.all_forwarded
+    check_against_reference(raw, outcome, error_log)

@@ -965,7 +965,9 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
                 self.at_boundary = False
                 self.line_open = False
                 # A slice and == are compiled; startswith(x, start) is a generic call.
-                self.line_http11 = data[line_end - 9 : line_end] == b" HTTP/1.1"
+                # A compiled slice must not start after its end (mypyc raises
+                # SystemError where Python gives b""): a line may be shorter than 9.
+                self.line_http11 = line_end >= 9 and data[line_end - 9 : line_end] == b" HTTP/1.1"
                 stop = end
                 exact = True
                 line_from = 0
