@@ -339,3 +339,33 @@ def test_a_connection_stays_in_step_after_a_long_answer(
     assert bodies[1] == (b"ok" if len(pieces[-1]) < 100 else LONG_BODY)
     assert rest == b""
     assert not error_log.records, [r.getMessage() for r in error_log.records]
+
+
+@pytest.mark.parametrize("code", [b"000", b"099", b"600"])
+def test_a_status_code_outside_100_to_599_is_502_and_none_of_it_reaches_the_client(
+    proxy: InMemoryProxy, code: bytes
+) -> None:
+    # Found by the long fuzz profile: llhttp reads "000" as a status, and maitred
+    # took it for an interim answer, then relayed the body that followed.
+    raw = b"HTTP/1.1 " + code + b" Odd\r\nContent-Length: 1\r\n\r\n\x00"
+    outcome = proxy.run([b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"], server_pieces=[raw])
+    assert outcome.answered.startswith(b"HTTP/1.1 502 "), outcome.answered
+    assert b"\x00" not in outcome.answered
+
+
+@pytest.mark.parametrize("code", [b"100", b"103", b"106"])
+@pytest.mark.parametrize("split", [False, True], ids=["one-read", "head-split"])
+def test_an_interim_answer_has_no_body_whatever_its_content_length_says(
+    proxy: InMemoryProxy, error_log: ErrorLog, code: bytes, split: bool
+) -> None:
+    # Found by the long fuzz profile: llhttp reads a body after a 1xx head with a
+    # Content-Length (after any but 100), and maitred relayed it as answer bytes.
+    interim = b"HTTP/1.1 " + code + b" Wait\r\nContent-Length: 1\r\n\r\n"
+    final = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    raw = interim + final
+    pieces = [raw[:10], raw[10:]] if split else [raw]
+    outcome = proxy.run([b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"], server_pieces=pieces)
+    got = read_answer(b"GET", outcome.answered, outcome.client_closed)
+    assert got.interim == [int(code)], outcome.answered
+    assert (got.status, got.body, got.complete) == (200, b"ok", True), outcome.answered
+    assert not error_log.records, [r.getMessage() for r in error_log.records]

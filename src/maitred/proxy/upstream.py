@@ -574,10 +574,10 @@ class UpstreamConnection(asyncio.Protocol):
             raise UnsolicitedAnswer  # a second answer to one request
         parser = self.parser
         status = parser.get_status_code()
-        if status > 599 or (
+        if not 100 <= status <= 599 or (
             not self.answer_http11 and parser.get_http_version() not in ("1.1", "1.0")
         ):
-            raise UnsolicitedAnswer  # malformed: 502
+            raise UnsolicitedAnswer  # malformed (RFC 9110 15: 100 to 599): 502
         if (
             self.transfer_codings
             and b",".join(self.transfer_codings).strip(b" ").lower() != b"chunked"
@@ -592,6 +592,11 @@ class UpstreamConnection(asyncio.Protocol):
             if exchange.client_http11:
                 self.out.append(b"".join((status_line(status), *self.head_parts, CRLF)))
             self._reset_head()
+            # A 1xx answer ends with its head (RFC 9110 15.2), whatever its
+            # Content-Length says; llhttp would read a body for all but 100. The
+            # head was fed alone (see _answer_heads): the next answer starts on a
+            # fresh parser.
+            self.parser = httptools.HttpResponseParser(self)
             return
         if exchange.upgrade is not None:
             exchange.client.tunnel_refused(exchange)
