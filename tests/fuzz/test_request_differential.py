@@ -66,3 +66,33 @@ def test_a_request_line_shorter_than_a_version_is_refused_not_crashed_on(
     assert outcome.client_closed
     assert not outcome.all_forwarded
     check_against_reference(raw, outcome, error_log)
+
+
+POST_HEAD = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "cut",
+    [
+        pytest.param(len(POST_HEAD), id="whole-head"),
+        pytest.param(20, id="head-split-in-a-field"),
+        pytest.param(POST_HEAD.index(b"\r\n") + 1, id="request-line-split-in-its-crlf"),
+        pytest.param(len(POST_HEAD) - 1, id="blank-line-split"),
+        pytest.param(len(POST_HEAD) - 3, id="blank-line-split-after-cr"),
+    ],
+)
+@pytest.mark.parametrize(
+    "next_request",
+    [b"\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", b"GET  /  HTTP/1.1\r\nHost: a\r\n\r\n"],
+    ids=["lone-lf-first", "repeated-spaces"],
+)
+def test_the_request_line_checks_hold_however_the_request_before_was_read(
+    proxy: InMemoryProxy, cut: int, next_request: bytes
+) -> None:
+    # A head split across reads used to reach llhttp with its body in one piece, so
+    # where the request ended was unknown and the next request line went unchecked.
+    raw = POST_HEAD + b"x"
+    outcome = proxy.run([raw[:cut], raw[cut:], next_request], answer_requests=True)
+    statuses = [line.split(b"\r\n")[0] for line in outcome.answered.split(b"HTTP/1.1 ")[1:]]
+    assert statuses == [b"200 OK", b"400 Bad Request"], outcome.answered
+    assert outcome.client_closed

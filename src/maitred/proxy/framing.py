@@ -212,6 +212,23 @@ _TRANSFER_ENCODING_TRAILING_WS: Final = re.compile(
 _REASON_CONTROL: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
+def end_of_blank_line(tail: bytes, data: bytes, pos: int) -> int:
+    """Where the first CRLFCRLF from ``data[pos]`` on ends (the offset after it), one
+    begun in ``tail`` included (the last bytes read before, at most 3); -1: none."""
+    if tail:
+        found = (tail + data[pos : pos + 3]).find(b"\r\n\r\n")
+        if found >= 0:
+            return pos + found + 4 - len(tail)
+    found = data.find(b"\r\n\r\n", pos)
+    return found + 4 if found >= 0 else -1
+
+
+def last_three(tail: bytes, data: bytes, pos: int, stop: int) -> bytes:
+    """The last 3 bytes of ``tail`` followed by ``data[pos:stop]`` (the next tail)."""
+    piece = data[max(pos, stop - 3) : stop]
+    return piece if stop - pos >= 3 else (tail + piece)[-3:]
+
+
 def skip_empty_lines(data: bytes, pos: int, pending_cr: bool) -> tuple[int, bool]:
     """Skip the empty lines (CRLF) that may come before a message (RFC 9112 2.2).
 

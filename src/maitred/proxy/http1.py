@@ -41,7 +41,9 @@ from maitred.proxy.framing import (
     append_field,
     connection_named_headers,
     drop_named_headers,
+    end_of_blank_line,
     error_response,
+    last_three,
     normalize_transfer_encoding,
     skip_empty_lines,
     unknown_method_status,
@@ -677,6 +679,7 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
         "line_spaces",
         "line_start",
         "line_http11",
+        "head_tail",
     )
 
     def __init__(self, plane: DataPlane, slot: ListenerSlot) -> None:
@@ -744,6 +747,8 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
         self.line_cr = False
         self.line_spaces = 0
         self.line_start = b""
+        #: The last bytes (at most 3) of a request head that goes on in the next read.
+        self.head_tail = b""
         #: The one request head of this read ends its line with " HTTP/1.1": its
         #: version is known without asking llhttp (which formats a string for it).
         self.line_http11 = False
@@ -994,6 +999,7 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
                     self.line_cr = False
                     self.line_spaces = 0
                     self.line_start = b""
+                    self.head_tail = b""
                 if self.line_open:
                     line_from = pos
                     if self.line_cr and data[pos] == LF:
@@ -1014,6 +1020,14 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
                         if self.line_spaces > REQUEST_LINE_SPACES:
                             self._reject(400, "invalid request line (repeated spaces)")
                             return False
+                if self.in_head and not exact and not self.line_open:
+                    # A head begun in an earlier read ends here, or its request line
+                    # did: cut where it ends too, so that a body or a next request in
+                    # the same read starts a piece (and the request's end is known).
+                    cut = end_of_blank_line(self.head_tail, data, pos)
+                    if cut >= 0:
+                        stop = cut
+                        exact = True
                 exchange = None if self.in_head else self.parsing
                 chunked = False
                 received = 0
@@ -1023,16 +1037,7 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
                         # the end is where a piece ends (the check before it goes out
                         # needs that: see on_message_complete).
                         chunked = True
-                        cut = -1
-                        tail = self.body.chunk_tail
-                        if tail:
-                            found = (tail + data[pos : pos + 3]).find(b"\r\n\r\n")
-                            if found >= 0:
-                                cut = pos + found + 4 - len(tail)
-                        if cut < 0:
-                            cut = data.find(b"\r\n\r\n", pos)
-                            if cut >= 0:
-                                cut += 4
+                        cut = end_of_blank_line(self.body.chunk_tail, data, pos)
                         if cut >= 0:
                             stop = cut
                             exact = True
@@ -1081,10 +1086,12 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
                 if self.parsing is exchange:
                     if not self._chunk_lines_ok(exchange, data, pos, stop, received):
                         return False
-                    tail = data[max(pos, stop - 3) : stop]
-                    self.body.chunk_tail = (
-                        tail if stop - pos >= 3 else (self.body.chunk_tail + tail)[-3:]
-                    )
+                    self.body.chunk_tail = last_three(self.body.chunk_tail, data, pos, stop)
+            if self.in_head and not exact:
+                # A head goes on in the next read: its end may straddle the two.
+                self.head_tail = last_three(self.head_tail, data, pos, stop)
+            elif self.head_tail:
+                self.head_tail = b""
             self.at_boundary = self.message_ended and (exact or data[stop - 1] == LF)
             pos = stop
         return True
