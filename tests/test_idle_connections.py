@@ -72,6 +72,16 @@ def only_connection(worker: Worker) -> ClientConnection:
     return conn
 
 
+async def half_a_head(
+    worker: Worker, host: str, port: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, ClientConnection]:
+    """A connection that has sent the first 20 bytes of a request head."""
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(REQUEST[:20])
+    await until(lambda: len(worker.plane.connections) == 1)
+    return reader, writer, only_connection(worker)
+
+
 def test_an_idle_keep_alive_connection_sheds_its_parser_and_timer_then_serves_again(
     backends: list[BackendProcess],
 ) -> None:
@@ -94,10 +104,7 @@ def test_a_connection_in_the_middle_of_a_head_keeps_its_parser(
     backends: list[BackendProcess],
 ) -> None:
     async def scenario(worker: Worker, host: str, port: int) -> None:
-        reader, writer = await asyncio.open_connection(host, port)
-        writer.write(REQUEST[:20])
-        await until(lambda: len(worker.plane.connections) == 1)
-        conn = only_connection(worker)
+        reader, writer, conn = await half_a_head(worker, host, port)
         sweeper = sweeper_for(asyncio.get_running_loop())
         swept = sweeper.sweeps
         await until(lambda: sweeper.sweeps >= swept + 2)
@@ -155,10 +162,7 @@ def test_a_parser_left_in_the_middle_of_a_head_is_not_lent_again(
     backends: list[BackendProcess],
 ) -> None:
     async def scenario(worker: Worker, host: str, port: int) -> None:
-        _, writer = await asyncio.open_connection(host, port)
-        writer.write(REQUEST[:20])
-        await until(lambda: len(worker.plane.connections) == 1)
-        conn = only_connection(worker)
+        _, writer, conn = await half_a_head(worker, host, port)
         await until(lambda: conn.reader is not None)
         half_read = conn.reader
         writer.close()
