@@ -1101,6 +1101,9 @@ OK_TAIL = b"Content-Length: 2\r\n\r\nok"
         case("garbage", b"garbage\r\n\r\n", 502),
         case("empty-status-line", b"\r\n\r\n", 502),
         case("status-99", b"HTTP/1.1 99 Low\r\n" + OK_TAIL, 502),
+        # Three digits llhttp reads as a status; maitred took them for interim answers.
+        case("status-000", b"HTTP/1.1 000 Zero\r\n" + OK_TAIL, 502),
+        case("status-099", b"HTTP/1.1 099 Low\r\n" + OK_TAIL, 502),
         case("status-1000", b"HTTP/1.1 1000 High\r\n" + OK_TAIL, 502),
         case("status-not-a-number", b"HTTP/1.1 abc X\r\n" + OK_TAIL, 502),
         case(
@@ -1235,6 +1238,23 @@ def test_r_resp_interim_answers_keep_their_fields(
         assert hints.status == 103
         assert hints.header("Link") == "</a.css>; rel=preload"
         assert read_response(sock).status == 200
+    assert_no_crash(lb)
+
+
+def test_r_resp_an_interim_answer_ends_with_its_head_whatever_its_fields_say(
+    lb: BalancerProcess, scripted: ScriptedServer
+) -> None:
+    # llhttp reads a Content-Length body after any 1xx head but 100's: here it would
+    # take the final answer's first byte for that body (found by fuzzing).
+    path = scripted.on(
+        "/answer/interim-with-length",
+        send_raw(b"HTTP/1.1 106 Odd\r\nContent-Length: 1\r\n\r\nHTTP/1.1 200 OK\r\n" + OK_TAIL),
+    )
+    with connect("127.0.0.1", lb.port, TIMEOUT) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+        assert read_response(sock, skip_interim=False).status == 106
+        final = read_response(sock)
+        assert (final.status, final.body) == (200, b"ok")
     assert_no_crash(lb)
 
 
