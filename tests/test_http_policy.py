@@ -1207,37 +1207,34 @@ def test_r_resp_head_too_large_is_502(lb: BalancerProcess, scripted: ScriptedSer
     assert_no_crash(lb)
 
 
+def interim_then_final(
+    lb: BalancerProcess, scripted: ScriptedServer, name: str, interim_head: bytes
+) -> tuple[Response, Response]:
+    """The server sends ``interim_head``, then a 200 "ok": what an HTTP/1.1 client reads."""
+    path = scripted.on(f"/answer/{name}", send_raw(interim_head + b"HTTP/1.1 200 OK\r\n" + OK_TAIL))
+    with connect("127.0.0.1", lb.port, TIMEOUT) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+        return read_response(sock, skip_interim=False), read_response(sock)
+
+
 def test_r_resp_interim_100_is_relayed_to_http11_clients(
     lb: BalancerProcess, scripted: ScriptedServer
 ) -> None:
-    path = scripted.on(
-        "/answer/continue2",
-        send_raw(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n" + OK_TAIL),
-    )
-    with connect("127.0.0.1", lb.port, TIMEOUT) as sock:
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
-        assert read_response(sock, skip_interim=False).status == 100
-        final = read_response(sock)
-        assert (final.status, final.body) == (200, b"ok")
+    interim, final = interim_then_final(lb, scripted, "continue2", b"HTTP/1.1 100 Continue\r\n\r\n")
+    assert interim.status == 100
+    assert (final.status, final.body) == (200, b"ok")
     assert_no_crash(lb)
 
 
 def test_r_resp_interim_answers_keep_their_fields(
     lb: BalancerProcess, scripted: ScriptedServer
 ) -> None:
-    path = scripted.on(
-        "/answer/hints",
-        send_raw(
-            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
-            b"HTTP/1.1 200 OK\r\n" + OK_TAIL
-        ),
+    hints, final = interim_then_final(
+        lb, scripted, "hints", b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
     )
-    with connect("127.0.0.1", lb.port, TIMEOUT) as sock:
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
-        hints = read_response(sock, skip_interim=False)
-        assert hints.status == 103
-        assert hints.header("Link") == "</a.css>; rel=preload"
-        assert read_response(sock).status == 200
+    assert hints.status == 103
+    assert hints.header("Link") == "</a.css>; rel=preload"
+    assert final.status == 200
     assert_no_crash(lb)
 
 
@@ -1246,15 +1243,11 @@ def test_r_resp_an_interim_answer_ends_with_its_head_whatever_its_fields_say(
 ) -> None:
     # llhttp reads a Content-Length body after any 1xx head but 100's: here it would
     # take the final answer's first byte for that body (found by fuzzing).
-    path = scripted.on(
-        "/answer/interim-with-length",
-        send_raw(b"HTTP/1.1 106 Odd\r\nContent-Length: 1\r\n\r\nHTTP/1.1 200 OK\r\n" + OK_TAIL),
+    interim, final = interim_then_final(
+        lb, scripted, "interim-with-length", b"HTTP/1.1 106 Odd\r\nContent-Length: 1\r\n\r\n"
     )
-    with connect("127.0.0.1", lb.port, TIMEOUT) as sock:
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
-        assert read_response(sock, skip_interim=False).status == 106
-        final = read_response(sock)
-        assert (final.status, final.body) == (200, b"ok")
+    assert interim.status == 106
+    assert (final.status, final.body) == (200, b"ok")
     assert_no_crash(lb)
 
 
