@@ -371,11 +371,13 @@ listeners:
   - name: public
     bind: 127.0.0.1:0
     pool: web
-    timeouts: {{idle: 60s}}
+    timeouts: {{idle: 1h}}
 pools:
   web:
     algorithm: least_connections
-    timeouts: {{response: 60s}}
+    # Longer than the test, however long it runs: a request held past it would be
+    # retried on the other server (the held requests must stay where they went).
+    timeouts: {{response: 1h}}
     servers:
 {servers}
 """
@@ -409,8 +411,9 @@ class HeldRequests:
         before = self.loads()
         expected = sum(before.values()) + 1
         sock = connect("127.0.0.1", self.lb.port)
-        # Held for 10 minutes: longer than the test, however many tries it takes.
-        sock.sendall(build_request("GET", "/delay?ms=600000"))
+        # Held for an hour, like the balancer's response timeout: longer than the
+        # test, however many tries it takes.
+        sock.sendall(build_request("GET", "/delay?ms=3600000"))
         after = eventually(self.loads, lambda loads: sum(loads.values()) >= expected)
         accepted = eventually(
             lambda: accepted_by_worker(self.lb),
