@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 from typing import Final
 
-# What the proxy does with a header, keyed by its lowercased name (and, so that
-# common headers need no lowercasing, their usual spelling). Anything not listed
-# is ordinary: copied through unchanged, in order.
+# What the proxy does with a header, keyed by its lowercased name and its usual
+# spelling (see header_kind). Anything not listed is ordinary: copied through
+# unchanged, in order.
 ORDINARY: Final = 0
 HOST: Final = 1
 CONNECTION: Final = 2
@@ -57,39 +57,11 @@ _RESPONSE_KINDS: Final[dict[bytes, int]] = {
     b"x-request-id": REQUEST_ID,
 }
 
-# Headers seen on most messages, in their usual spelling, known to be ordinary.
-COMMON_ORDINARY_HEADERS: Final = (
-    b"Accept",
-    b"Accept-Encoding",
-    b"Accept-Language",
-    b"Accept-Ranges",
-    b"Age",
-    b"Authorization",
-    b"Cache-Control",
-    b"Content-Encoding",
-    b"Content-Type",
-    b"Cookie",
-    b"Date",
-    b"ETag",
-    b"Expires",
-    b"Last-Modified",
-    b"Location",
-    b"Origin",
-    b"Referer",
-    b"Server",
-    b"Set-Cookie",
-    b"User-Agent",
-    b"Vary",
-)
-
 
 def _with_usual_spellings(kinds: dict[bytes, int]) -> dict[bytes, int]:
     table = dict(kinds)
     for name, kind in kinds.items():
         table[b"-".join(part.capitalize() for part in name.split(b"-"))] = kind
-    for name in COMMON_ORDINARY_HEADERS:
-        table[name] = ORDINARY
-        table[name.lower()] = ORDINARY
     table[b"TE"] = table[b"te"]
     table[b"X-Request-ID"] = table[b"x-request-id"]
     return table
@@ -97,6 +69,43 @@ def _with_usual_spellings(kinds: dict[bytes, int]) -> dict[bytes, int]:
 
 REQUEST_HEADER_KINDS: Final = _with_usual_spellings(_REQUEST_KINDS)
 RESPONSE_HEADER_KINDS: Final = _with_usual_spellings(_RESPONSE_KINDS)
+
+#: Names this long or longer are never one the proxy acts on.
+PREFILTER_LENGTH: Final = 32
+
+
+def _prefilter(kinds: dict[bytes, int]) -> bytes:
+    """A byte per (name length, first byte): 1 where a name in ``kinds`` has that
+    length and first letter, in either case."""
+    table = bytearray(PREFILTER_LENGTH << 7)
+    for name in kinds:
+        assert 0 < len(name) < PREFILTER_LENGTH and name.isascii()
+        for first in (name[:1].lower(), name[:1].upper()):
+            table[len(name) << 7 | first[0]] = 1
+    return bytes(table)
+
+
+REQUEST_PREFILTER: Final = _prefilter(_REQUEST_KINDS)
+RESPONSE_PREFILTER: Final = _prefilter(_RESPONSE_KINDS)
+
+
+def header_kind(name: bytes, kinds: dict[bytes, int], prefilter: bytes) -> int:
+    """What the proxy does with a header called ``name``, whatever its case: its kind
+    in ``kinds`` (``REQUEST_HEADER_KINDS`` or ``RESPONSE_HEADER_KINDS``), else ORDINARY.
+
+    Most headers are ordinary, and their length and first letter show it (``prefilter``,
+    the matching ``*_PREFILTER``): only a name that could be one of ``kinds`` is hashed,
+    and lowercased when it is not in a usual spelling. A first byte above 127 is never
+    a listed name's; masked, it may cost a lookup, never a wrong answer.
+    """
+    size = len(name)
+    if size >= PREFILTER_LENGTH or (size and not prefilter[size << 7 | (name[0] & 0x7F)]):
+        return ORDINARY
+    kind = kinds.get(name)
+    if kind is None:
+        kind = kinds.get(name.lower(), ORDINARY)
+    return kind
+
 
 # Connection options that name no header (RFC 9110 section 7.6.1).
 CONNECTION_OPTIONS_WITHOUT_HEADER: Final = frozenset({b"close", b"keep-alive", b"upgrade"})

@@ -36,6 +36,7 @@ from maitred.proxy.framing import (
     REQUEST_HEADER_KINDS,
     REQUEST_ID,
     REQUEST_LINE_SPACES,
+    REQUEST_PREFILTER,
     TRANSFER_ENCODING,
     UPGRADE,
     append_field,
@@ -43,6 +44,7 @@ from maitred.proxy.framing import (
     drop_named_headers,
     end_of_blank_line,
     error_response,
+    header_kind,
     last_three,
     normalize_transfer_encoding,
     skip_empty_lines,
@@ -1203,9 +1205,7 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
         if self.head_size > self.slot.runtime.max_header_size:
             self._reject(431, "request head too large")
             raise Rejected
-        kind = REQUEST_HEADER_KINDS.get(name)
-        if kind is None:
-            kind = REQUEST_HEADER_KINDS.get(name.lower(), ORDINARY)
+        kind = header_kind(name, REQUEST_HEADER_KINDS, REQUEST_PREFILTER)
         if kind == ORDINARY:
             append_field(self.parts, name, value)
             return

@@ -26,11 +26,13 @@ from maitred.proxy.framing import (
     PLAIN_CONNECTION_VALUES,
     REQUEST_ID,
     RESPONSE_HEADER_KINDS,
+    RESPONSE_PREFILTER,
     TRANSFER_ENCODING,
     UPGRADE,
     append_field,
     connection_named_headers,
     drop_named_headers,
+    header_kind,
     normalize_transfer_encoding,
     reason_is_valid,
     skip_empty_lines,
@@ -544,9 +546,7 @@ class UpstreamConnection(asyncio.Protocol):
             raise UnsolicitedAnswer  # control characters in the reason phrase: 502
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        kind = RESPONSE_HEADER_KINDS.get(name)
-        if kind is None:
-            kind = RESPONSE_HEADER_KINDS.get(name.lower(), ORDINARY)
+        kind = header_kind(name, RESPONSE_HEADER_KINDS, RESPONSE_PREFILTER)
         if kind == ORDINARY:
             append_field(self.head_parts, name, value)
         elif kind == CONTENT_LENGTH:
