@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint unit fuzz bench profile clean
+.PHONY: setup demo test lint fuzz bench profile clean
 
 # The per-request packages are compiled with mypyc at install: rebuild when they change.
 $(STAMP): pyproject.toml setup.py $(wildcard src/maitred/proxy/*.py src/maitred/balancing/*.py)
