@@ -20,7 +20,7 @@ TABLES = {
     "request": (REQUEST_HEADER_KINDS, REQUEST_PREFILTER),
     "response": (RESPONSE_HEADER_KINDS, RESPONSE_PREFILTER),
 }
-# RFC 9110 5.6.2 token characters, and a few bytes llhttp would refuse.
+# RFC 9110 5.6.2 token characters (st.binary covers every other byte).
 TOKEN = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
