@@ -44,8 +44,7 @@ def test_valid_requests_are_forwarded_as_the_same_requests(
     pooled: bool,
 ) -> None:
     raw = b"".join(request.to_bytes() for request in requests)
-    pieces = data.draw(split_points(raw))
-    outcome = proxy.run(pieces, pooled=pooled, answer_requests=True)
+    outcome = proxy.run(data.draw(split_points(raw)), pooled=pooled, answer_requests=True)
     assert not error_log.records, [r.getMessage() for r in error_log.records]
 
     forwarded = []

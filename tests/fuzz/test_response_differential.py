@@ -369,3 +369,21 @@ def test_an_interim_answer_has_no_body_whatever_its_content_length_says(
     assert got.interim == [int(code)], outcome.answered
     assert (got.status, got.body, got.complete) == (200, b"ok", True), outcome.answered
     assert not error_log.records, [r.getMessage() for r in error_log.records]
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3], ids=["after-cr", "after-crlf", "after-crlfcr"])
+def test_an_interim_head_whose_blank_line_straddles_two_reads_ends_there(
+    proxy: InMemoryProxy, cut: int
+) -> None:
+    # The end of a head that may be an interim answer's is looked for across reads
+    # (the last bytes of the first are kept): the final answer follows at once.
+    interim = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
+    final = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    split = len(interim) - 4 + cut
+    outcome = proxy.run(
+        [b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"],
+        server_pieces=[interim[:split], interim[split:] + final],
+    )
+    assert outcome.answered.startswith(b"HTTP/1.1 103 "), outcome.answered
+    assert b"\r\n\r\nHTTP/1.1 200 OK\r\n" in outcome.answered, outcome.answered
+    assert outcome.answered.endswith(b"\r\n\r\nok"), outcome.answered

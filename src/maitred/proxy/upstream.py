@@ -32,7 +32,9 @@ from maitred.proxy.framing import (
     append_field,
     connection_named_headers,
     drop_named_headers,
+    end_of_blank_line,
     header_kind,
+    last_three,
     normalize_transfer_encoding,
     reason_is_valid,
     skip_empty_lines,
@@ -437,16 +439,9 @@ class UpstreamConnection(asyncio.Protocol):
         if self.answer_open:
             # The end of a head begun in an earlier read: after it, if it was an
             # interim answer's, the next answer starts.
-            cut = -1
-            found = (self.answer_tail + data[:3]).find(b"\r\n\r\n")
-            if found >= 0:
-                cut = found + 4 - len(self.answer_tail)
-            else:
-                cut = data.find(b"\r\n\r\n")
-                if cut >= 0:
-                    cut += 4
+            cut = end_of_blank_line(self.answer_tail, data, 0)
             if cut < 0:
-                self.answer_tail = (self.answer_tail + data[-3:])[-3:]
+                self.answer_tail = last_three(self.answer_tail, data, 0, end)
                 return 0
             self.answer_open = False
             if not self._feed_head(exchange, memoryview(data)[:cut], data[cut:]):
