@@ -90,7 +90,9 @@ class MemoryServerConnections(ServerConnections):
     """
 
     def __init__(self, base: ServerConnections) -> None:
-        super().__init__(base.loop, base.host, base.port, base.max_idle, base.idle_timeout)
+        super().__init__(
+            base.loop, base.writes, base.host, base.port, base.max_idle, base.idle_timeout
+        )
         self.made: list[tuple[UpstreamConnection, RecordingTransport]] = []
 
     def open(self) -> UpstreamConnection:

@@ -219,6 +219,7 @@ class Worker:
             if conns is None:
                 conns = ServerConnections(
                     self.loop,
+                    self.plane.writes,
                     live.host,
                     live.port,
                     pool.connection_pool.max_idle,

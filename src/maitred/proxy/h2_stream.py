@@ -37,6 +37,7 @@ from maitred.proxy.http1 import (
     Exchange,
 )
 from maitred.proxy.upstream import CHUNK_END, CRLF
+from maitred.proxy.write_batch import WriteBatch
 
 if TYPE_CHECKING:
     from maitred.proxy.http2 import Http2Connection
@@ -201,6 +202,7 @@ class H2Stream:
         "unacknowledged",
         "body_received",
         "closed",
+        "writes",
     )
 
     def __init__(self, connection: Http2Connection, stream_id: int) -> None:
@@ -229,6 +231,9 @@ class H2Stream:
         self.unacknowledged = 0
         self.body_received = 0
         self.closed = False
+        #: Answer pieces are framed as they come (a stream's transport is reused by
+        #: later streams): no write batch.
+        self.writes: WriteBatch | None = None
 
     # -- the request ---------------------------------------------------------------
 

@@ -52,6 +52,7 @@ from maitred.proxy.framing import (
 )
 from maitred.proxy.routing import LATENCY_BUCKETS
 from maitred.proxy.upstream import CHUNK_END, CRLF, ServerConnections, UpstreamConnection
+from maitred.proxy.write_batch import WriteBatch
 
 if TYPE_CHECKING:
     from maitred.balancing.base import LiveServer
@@ -105,6 +106,7 @@ class DataPlane:
         "drained",
         "accepted",
         "spare_readers",
+        "writes",
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -119,6 +121,8 @@ class DataPlane:
         self.accepted = 0
         #: Request parsers no connection is using (see RequestReader).
         self.spare_readers: list[RequestReader] = []
+        #: Requests to servers and answers to clients go out at the end of a pass.
+        self.writes = WriteBatch(loop)
 
     def stop_accepting_requests(self) -> None:
         """Graceful stop: idle connections close now, busy ones after their answer."""
@@ -412,7 +416,7 @@ class Exchange:
     def send_body(self, data: bytes) -> None:
         upstream = self.upstream
         if upstream is not None and self.pending is None and upstream.transport is not None:
-            upstream.transport.write(data)
+            upstream.servers.writes.write(upstream.transport, data)
         elif self.pending is not None:
             self.pending.append(data)
             self.pending_size += len(data)
@@ -435,20 +439,21 @@ class Exchange:
         pending = self.pending
         self.pending = None
         idempotent = self.method in IDEMPOTENT_METHODS
+        writes = conn.servers.writes
         if pool.send_proxy_protocol is not None and not conn.reused:
             # A fresh connection tied to this client: announce who the client is first.
-            transport.write(self.client.proxy_header(pool.send_proxy_protocol))
+            writes.write(transport, self.client.proxy_header(pool.send_proxy_protocol))
         if pending:
             self.pending_size = 0
             if idempotent:
                 # Kept until the first answer byte, for a replay or a retry.
                 self.replay = list(pending)
                 self.replay_size = sum(map(len, pending))
-            transport.writelines([self.head, *pending])
+            writes.writelines(transport, [self.head, *pending])
         else:
             if idempotent:
                 self.replay = []
-            transport.write(self.head)
+            writes.write(transport, self.head)
         client = self.client
         if client.write_paused:
             conn.pause_reading()
@@ -682,12 +687,15 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
         "line_start",
         "line_http11",
         "head_tail",
+        "writes",
     )
 
     def __init__(self, plane: DataPlane, slot: ListenerSlot) -> None:
         self.plane = plane
         self.slot = slot
         self.loop = plane.loop
+        #: Answers go out through the batch (see write_batch); None: written at once.
+        self.writes: WriteBatch | None = plane.writes
         #: Where answers go, as HTTP/1.1 bytes; None once the client is gone.
         self.transport: asyncio.Transport | None = None
         #: The borrowed parser; None while the connection waits idle (see _shed_parser).
@@ -797,6 +805,7 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
     def close_when_idle(self) -> None:
         self.closing = True
         if self.active is None and self.parsing is None and self.transport is not None:
+            self.plane.writes.flush()
             self.transport.close()
 
     def _shed_parser(self) -> None:
@@ -835,6 +844,7 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
     def _on_timeout(self) -> None:
         if self.transport is None:
             return
+        self.plane.writes.flush()  # what was answered goes before the 408 or the close
         if self.in_head and self.head_bytes:
             self.transport.write(
                 error_response(408, "request headers not received in time", close=True)
@@ -1524,14 +1534,15 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
         self.slot.count_own_answer(status, exchange.pool)
         transport = self.transport
         if transport is not None:
-            transport.write(
+            self.plane.writes.write(
+                transport,
                 error_response(
                     status,
                     why,
                     close=exchange.close_after or self.closing,
                     request_id=exchange.request_id,
                     extra_headers=extra_headers,
-                )
+                ),
             )
         now = self.loop.time()
         access_log = self.slot.runtime.access_log
@@ -1545,6 +1556,7 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
         """The answer broke after it began: the client must see it cut, not short."""
         exchange.abandon()
         if self.transport is not None:
+            self.plane.writes.flush()  # the answer's bytes relayed so far go out first
             self.transport.abort()
 
     def _reject(self, status: int, why: str) -> None:
@@ -1570,12 +1582,14 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
             self.refusal = answer
             transport.pause_reading()
             return
+        self.plane.writes.flush()
         transport.write(answer)
         transport.close()
 
     def _close(self) -> None:
         transport = self.transport
         if transport is not None:
+            self.plane.writes.flush()
             if self.refusal is not None:
                 transport.write(self.refusal)
                 self.refusal = None

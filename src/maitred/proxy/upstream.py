@@ -40,6 +40,7 @@ from maitred.proxy.framing import (
     skip_empty_lines,
 )
 from maitred.proxy.tunnel import open_tunnel
+from maitred.proxy.write_batch import WriteBatch
 
 if TYPE_CHECKING:
     from maitred.proxy.http1 import Exchange
@@ -77,11 +78,13 @@ class ServerConnections:
         "tls_context",
         "server_hostname",
         "max_requests",
+        "writes",
     )
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
+        writes: WriteBatch,
         host: str,
         port: int,
         max_idle: int,
@@ -90,6 +93,9 @@ class ServerConnections:
         server_hostname: str | None = None,
     ) -> None:
         self.loop = loop
+        #: The loop's batch, which the client side's writes go through too (see
+        #: write_batch): every request and body byte to these servers goes through it.
+        self.writes = writes
         #: TLS to the server: new connections use the context set here (reloadable).
         self.tls_context = tls_context
         self.server_hostname = server_hostname if tls_context is not None else None
@@ -517,8 +523,14 @@ class UpstreamConnection(asyncio.Protocol):
             client.slot.bytes_out += size
             transport = client.transport
             if transport is not None:
+                writes = client.writes
                 if client.joins_writes and len(out) > 1:
-                    transport.write(b"".join(out))
+                    if writes is not None:
+                        writes.write(transport, b"".join(out))
+                    else:
+                        transport.write(b"".join(out))
+                elif writes is not None:
+                    writes.writelines(transport, out)
                 else:
                     transport.writelines(out)
         if self.complete:
@@ -679,6 +691,8 @@ class UpstreamConnection(asyncio.Protocol):
         if client.transport is None or self.transport is None:
             self.abort()
             return
+        # From here the tunnel writes to both transports itself.
+        self.servers.writes.flush()
         client.transport.writelines(out)
         to_server = exchange.tunnel_early
         exchange.tunnel_early = b""
