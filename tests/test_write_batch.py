@@ -273,3 +273,29 @@ def test_a_cut_answer_reaches_the_client_as_far_as_it_went(one_client: OneClient
     server.connection_lost(ConnectionResetError())  # in the same pass
     assert one_client.transport.aborted
     assert bytes(one_client.transport.data).endswith(b"\r\n\r\nfive!")
+
+
+def test_a_large_piece_of_an_answer_goes_out_at_once_after_the_bytes_before_it(
+    one_client: OneClient,
+) -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 20000\r\n\r\n"
+    one_client.answer_waiting_in_the_batch(head + b"a" * 100)
+    server, _ = one_client.servers.made[0]
+    server.data_received(b"b" * 19900)  # in the same pass
+    answered = bytes(one_client.transport.data)  # no loop turn: written at once
+    assert answered.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert answered.endswith(b"\r\n\r\n" + b"a" * 100 + b"b" * 19900)
+
+
+def test_a_large_piece_of_a_request_body_goes_out_at_once_after_the_head(
+    one_client: OneClient,
+) -> None:
+    one_client.client.data_received(
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 20000\r\n\r\n" + b"a" * 100
+    )
+    _, server_transport = one_client.servers.made[0]
+    assert not server_transport.data  # the head and the first bytes wait in the batch
+    one_client.client.data_received(b"b" * 19900)  # in the same pass
+    forwarded = bytes(server_transport.data)  # no loop turn: written at once
+    assert forwarded.startswith(b"POST /upload HTTP/1.1\r\n")
+    assert forwarded.endswith(b"\r\n\r\n" + b"a" * 100 + b"b" * 19900)

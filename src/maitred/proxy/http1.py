@@ -52,7 +52,7 @@ from maitred.proxy.framing import (
 )
 from maitred.proxy.routing import LATENCY_BUCKETS
 from maitred.proxy.upstream import CHUNK_END, CRLF, ServerConnections, UpstreamConnection
-from maitred.proxy.write_batch import WriteBatch
+from maitred.proxy.write_batch import UNBATCHED_WRITE, WriteBatch
 
 if TYPE_CHECKING:
     from maitred.balancing.base import LiveServer
@@ -416,7 +416,12 @@ class Exchange:
     def send_body(self, data: bytes) -> None:
         upstream = self.upstream
         if upstream is not None and self.pending is None and upstream.transport is not None:
-            upstream.servers.writes.write(upstream.transport, data)
+            writes = upstream.servers.writes
+            if len(data) < UNBATCHED_WRITE:
+                writes.write(upstream.transport, data)
+            else:
+                writes.flush()  # what went before to this server goes first
+                upstream.transport.write(data)
         elif self.pending is not None:
             self.pending.append(data)
             self.pending_size += len(data)
