@@ -200,8 +200,8 @@ def test_a_failing_write_on_an_open_transport_is_logged_and_the_rest_go_out(
 # -- the data plane keeps a connection's bytes in order around the batch ---------
 #
 # In memory (tests/fuzz/harness.py), where the loop turns only when the test says
-# so: each case makes an answer wait in the batch, then does, in the same pass,
-# what writes to or closes the client's transport directly.
+# so: each case holds bytes in the batch, then does, in the same pass, what writes
+# to or closes that transport directly.
 
 
 class OneClient:

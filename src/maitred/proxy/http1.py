@@ -1587,7 +1587,7 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
             self.refusal = answer
             transport.pause_reading()
             return
-        self.plane.writes.flush()
+        self.plane.writes.flush()  # the answers before it go first
         transport.write(answer)
         transport.close()
 

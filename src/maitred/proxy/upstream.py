@@ -94,7 +94,8 @@ class ServerConnections:
     ) -> None:
         self.loop = loop
         #: The loop's batch, which the client side's writes go through too (see
-        #: write_batch): every request and body byte to these servers goes through it.
+        #: write_batch): requests and their bodies to these servers go through it
+        #: (a large body piece after flushing it).
         self.writes = writes
         #: TLS to the server: new connections use the context set here (reloadable).
         self.tls_context = tls_context
