@@ -15,7 +15,7 @@ import pytest
 import uvloop
 
 from maitred.proxy.http1 import ClientConnection
-from maitred.proxy.write_batch import WriteBatch
+from maitred.proxy.write_batch import UNBATCHED_WRITE, WriteBatch
 from tests.fuzz.harness import (
     CANNED_ANSWER,
     InMemoryProxy,
@@ -106,7 +106,7 @@ def test_writes_reach_the_transport_when_the_loop_pass_ends() -> None:
         transport, receiver = await connections.open()
         counting = CountingTransport(transport)
         batch.write(counting, b"GET / HTTP/1.1\r\n")  # type: ignore[arg-type]
-        batch.writelines(counting, [b"Host: a\r\n", b"\r\n"])  # type: ignore[arg-type]
+        batch.writelines(counting, [b"Host: a\r\n", b"\r\n"], 11)  # type: ignore[arg-type]
         assert counting.writes == 0  # held while this pass goes on
         await asyncio.sleep(0)  # the pass ends: the loop runs the batch's callback
         assert counting.writes == 2
@@ -124,16 +124,33 @@ def test_each_transport_gets_its_writes_in_order_across_an_early_flush() -> None
         )
         batch.write(first, b"1")
         batch.write(second, b"a")
-        batch.writelines(first, [b"2", memoryview(b"x3x")[1:2]])
+        batch.writelines(first, [b"2", memoryview(b"x3x")[1:2]], 2)
         batch.flush()  # as before a close, or a write that bypasses the batch
         first.write(b"4")
         batch.write(first, b"5")
-        batch.writelines(second, [b"b", b"c"])
+        batch.writelines(second, [b"b", b"c"], 2)
         await asyncio.sleep(0)
         assert await first_end.wait_for(5) == b"12345"
         assert await second_end.wait_for(3) == b"abc"
         first.close()
         second.close()
+
+    run(scenario)
+
+
+def test_a_large_write_goes_out_at_once_after_what_waits_for_its_transport() -> None:
+    async def scenario(batch: WriteBatch, connections: Connections) -> None:
+        transport, receiver = await connections.open()
+        counting = CountingTransport(transport)
+        large = b"x" * UNBATCHED_WRITE
+        batch.write(counting, b"small")  # type: ignore[arg-type]
+        batch.write(counting, large)  # type: ignore[arg-type]
+        assert counting.writes == 2  # the small one first, then the large one
+        batch.writelines(counting, [b"a", large], 1 + len(large))  # type: ignore[arg-type]
+        assert counting.writes == 3
+        expected = b"small" + large + b"a" + large
+        assert await receiver.wait_for(len(expected)) == expected
+        transport.close()
 
     run(scenario)
 

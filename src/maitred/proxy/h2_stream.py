@@ -232,7 +232,7 @@ class H2Stream:
         self.body_received = 0
         self.closed = False
         #: Answer pieces are framed as they come (a stream's transport is reused by
-        #: later streams): no write batch.
+        #: later streams): no write batch (None: the relay writes at once).
         self.writes: WriteBatch | None = None
 
     # -- the request ---------------------------------------------------------------

@@ -52,7 +52,7 @@ from maitred.proxy.framing import (
 )
 from maitred.proxy.routing import LATENCY_BUCKETS
 from maitred.proxy.upstream import CHUNK_END, CRLF, ServerConnections, UpstreamConnection
-from maitred.proxy.write_batch import UNBATCHED_WRITE, WriteBatch
+from maitred.proxy.write_batch import WriteBatch
 
 if TYPE_CHECKING:
     from maitred.balancing.base import LiveServer
@@ -416,12 +416,7 @@ class Exchange:
     def send_body(self, data: bytes) -> None:
         upstream = self.upstream
         if upstream is not None and self.pending is None and upstream.transport is not None:
-            writes = upstream.servers.writes
-            if len(data) < UNBATCHED_WRITE:
-                writes.write(upstream.transport, data)
-            else:
-                writes.flush()  # what went before to this server goes first
-                upstream.transport.write(data)
+            upstream.servers.writes.write(upstream.transport, data)
         elif self.pending is not None:
             self.pending.append(data)
             self.pending_size += len(data)
@@ -454,7 +449,9 @@ class Exchange:
                 # Kept until the first answer byte, for a replay or a retry.
                 self.replay = list(pending)
                 self.replay_size = sum(map(len, pending))
-            writes.writelines(transport, [self.head, *pending])
+            writes.writelines(
+                transport, [self.head, *pending], len(self.head) + sum(map(len, pending))
+            )
         else:
             if idempotent:
                 self.replay = []
@@ -699,8 +696,8 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
         self.plane = plane
         self.slot = slot
         self.loop = plane.loop
-        #: Answers go out through the batch (see write_batch); None: written at once.
-        self.writes: WriteBatch | None = plane.writes
+        #: Answers go out through the plane's batch (see write_batch).
+        self.writes = plane.writes
         #: Where answers go, as HTTP/1.1 bytes; None once the client is gone.
         self.transport: asyncio.Transport | None = None
         #: The borrowed parser; None while the connection waits idle (see _shed_parser).
@@ -810,7 +807,7 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
     def close_when_idle(self) -> None:
         self.closing = True
         if self.active is None and self.parsing is None and self.transport is not None:
-            self.plane.writes.flush()
+            self.writes.flush()
             self.transport.close()
 
     def _shed_parser(self) -> None:
@@ -849,7 +846,7 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
     def _on_timeout(self) -> None:
         if self.transport is None:
             return
-        self.plane.writes.flush()  # what was answered goes before the 408 or the close
+        self.writes.flush()  # what was answered goes before the 408 or the close
         if self.in_head and self.head_bytes:
             self.transport.write(
                 error_response(408, "request headers not received in time", close=True)
@@ -1539,7 +1536,7 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
         self.slot.count_own_answer(status, exchange.pool)
         transport = self.transport
         if transport is not None:
-            self.plane.writes.write(
+            self.writes.write(
                 transport,
                 error_response(
                     status,
@@ -1561,7 +1558,7 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
         """The answer broke after it began: the client must see it cut, not short."""
         exchange.abandon()
         if self.transport is not None:
-            self.plane.writes.flush()  # the answer's bytes relayed so far go out first
+            self.writes.flush()  # the answer's bytes relayed so far go out first
             self.transport.abort()
 
     def _reject(self, status: int, why: str) -> None:
@@ -1587,14 +1584,14 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
             self.refusal = answer
             transport.pause_reading()
             return
-        self.plane.writes.flush()  # the answers before it go first
+        self.writes.flush()  # the answers before it go first
         transport.write(answer)
         transport.close()
 
     def _close(self) -> None:
         transport = self.transport
         if transport is not None:
-            self.plane.writes.flush()
+            self.writes.flush()
             if self.refusal is not None:
                 transport.write(self.refusal)
                 self.refusal = None

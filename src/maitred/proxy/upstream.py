@@ -40,7 +40,7 @@ from maitred.proxy.framing import (
     skip_empty_lines,
 )
 from maitred.proxy.tunnel import open_tunnel
-from maitred.proxy.write_batch import UNBATCHED_WRITE, WriteBatch
+from maitred.proxy.write_batch import WriteBatch
 
 if TYPE_CHECKING:
     from maitred.proxy.http1 import Exchange
@@ -525,16 +525,13 @@ class UpstreamConnection(asyncio.Protocol):
             transport = client.transport
             if transport is not None:
                 writes = client.writes
-                if writes is not None and size >= UNBATCHED_WRITE:
-                    writes.flush()  # what went before to this client goes first
-                    writes = None
                 if client.joins_writes and len(out) > 1:
                     if writes is not None:
                         writes.write(transport, b"".join(out))
                     else:
                         transport.write(b"".join(out))
                 elif writes is not None:
-                    writes.writelines(transport, out)
+                    writes.writelines(transport, out, size)
                 else:
                     transport.writelines(out)
         if self.complete:
