@@ -529,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         "haproxy": versions["haproxy"],
         "nginx (origins)": versions["nginx"],
         "wrk": versions["wrk"],
-        "python": sys.version.split()[0],
+        "python": versions["python"],
         "uvloop": _package_version("uvloop"),
         "httptools": _package_version("httptools"),
         "pinning": pinning,
