@@ -2,9 +2,11 @@
 # The interpreter's build is part of the data plane's speed: half of its CPU time per
 # request is CPython's own (README, "The interpreter"). Prefer the distribution's, which
 # Debian builds with PGO and LTO and links into the executable, over the first python3 on
-# PATH (pyenv builds neither by default); any python3 >= 3.11 that can make a venv does.
+# PATH (pyenv builds neither by default) when it is 3.11 or newer, can make a venv and has
+# the headers mypyc compiles against (Debian: python3-venv, python3-dev; .ci/run installs both).
 PYTHON ?= $(shell for candidate in /usr/bin/python3 python3; do \
-	$$candidate -c 'import ensurepip, sys; sys.exit(sys.version_info < (3, 11))' \
+	$$candidate -c 'import ensurepip, os, sys, sysconfig; sys.exit(sys.version_info < (3, 11) \
+		or not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
 		2>/dev/null && { echo $$candidate; exit; }; done; echo python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
