@@ -3,8 +3,10 @@
 An ``UpstreamConnection`` carries one exchange at a time. It parses the server's
 answer with httptools and relays it to the client connection, re-framed: the
 head is rebuilt without hop-by-hop headers and the body keeps or gains one
-unambiguous framing. Everything written to the client for one read event goes
-out in one ``writelines`` call.
+unambiguous framing. An answer in the plain form most servers send (see
+answer_head) skips httptools: its head is read in compiled code and its
+Content-Length body relayed as the server's bytes. Everything written to the
+client for one read event goes out in one ``writelines`` call.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING, Final
 import httptools
 from mypy_extensions import mypyc_attr
 
+from maitred.proxy.answer_head import read_answer_head
 from maitred.proxy.deadline import Deadline
 from maitred.proxy.framing import (
     CONNECTION,
@@ -354,22 +357,21 @@ class UpstreamConnection(asyncio.Protocol):
             start = self._answer_heads(exchange, data)
             if start < 0:
                 return
-            if (
-                end - start >= RAW_BODY_MIN
-                and not self.answer_start
-                and not self.answer_open
-                and not self.status
-            ):
-                # A final answer's head starts here and a long body may follow it:
-                # parse the head alone, so that the body need not go through llhttp.
+            if not self.answer_start and not self.answer_open and not self.status:
+                # A final answer starts here.
                 head_end = data.find(b"\r\n\r\n", start)
                 if head_end >= 0:
-                    if not self._feed(exchange, data, start, head_end + 4):
+                    if self._plain_answer(exchange, data, start, head_end + 4):
                         return
-                    start = head_end + 4
-                    if self._body_goes_raw():
-                        self._relay_raw(exchange, data, start)
-                        return
+                    if end - start >= RAW_BODY_MIN:
+                        # A long body may follow: parse the head alone, so that the
+                        # body need not go through llhttp.
+                        if not self._feed(exchange, data, start, head_end + 4):
+                            return
+                        start = head_end + 4
+                        if self._body_goes_raw():
+                            self._relay_raw(exchange, data, start)
+                            return
         if not self._feed(exchange, data, start, end):
             return
         if not self.status:
@@ -380,6 +382,33 @@ class UpstreamConnection(asyncio.Protocol):
         elif not status:
             self._body_goes_raw()  # the head ended in this read: the rest may skip llhttp
         self._deliver(exchange)
+
+    def _plain_answer(self, exchange: Exchange, data: bytes, start: int, stop: int) -> bool:
+        """Relay an answer whose head ``data[start:stop]`` is in the plain form that
+        answer_head reads without llhttp, its body as the server's bytes. False: the
+        head is not in that form, or its body is not framed by a length; llhttp reads it.
+        """
+        head = read_answer_head(data, start, stop)
+        if head is None:
+            return False
+        status = head.status
+        if head.length < 0 and status != 204 and status != 304:
+            return False  # delimited by the close (llhttp's reading decides reuse)
+        self.head_parts = head.fields
+        self.response_length = head.length_value
+        self.has_request_id = head.has_request_id
+        self.keep_alive = not head.close
+        self._final_head(exchange, status)
+        if self.body_mode == BODY_LENGTH and head.length:
+            self.raw_left = head.length
+            self._relay_raw(exchange, data, stop)
+            return True
+        self.complete = True
+        if stop < len(data):
+            # More than the answer framed: deliver it, but never reuse the connection.
+            self.keep_alive = False
+        self._deliver(exchange)
+        return True
 
     def _body_goes_raw(self) -> bool:
         """After a final answer's head: relay the rest of a long Content-Length body
@@ -606,10 +635,20 @@ class UpstreamConnection(asyncio.Protocol):
             # fresh parser.
             self.parser = httptools.HttpResponseParser(self)
             return
+        self.keep_alive = parser.should_keep_alive()
+        self._final_head(exchange, status)
+        if exchange.is_head:
+            # httptools cannot be told that a HEAD answer has no body: the answer
+            # ends here, and the next one starts on a fresh parser.
+            self.parser = httptools.HttpResponseParser(self)
+            self.complete = True
+
+    def _final_head(self, exchange: Exchange, status: int) -> None:
+        """The final answer's head is read: rebuild it for the client, and choose how
+        its body is framed there."""
         if exchange.upgrade is not None:
             exchange.client.tunnel_refused(exchange)
         self.status = status
-        self.keep_alive = parser.should_keep_alive()
         parts = self.head_parts
         if self.named_hop:
             parts = drop_named_headers(parts, self.named_hop)
@@ -660,11 +699,6 @@ class UpstreamConnection(asyncio.Protocol):
             server.answers[status // 100] += 1
         if status >= 500:
             exchange.server_failed = True
-        if exchange.is_head:
-            # httptools cannot be told that a HEAD answer has no body: the answer
-            # ends here, and the next one starts on a fresh parser.
-            self.parser = httptools.HttpResponseParser(self)
-            self.complete = True
 
     def _switching(self, exchange: Exchange) -> None:
         if exchange.upgrade is None or not self.upgrade_value:
