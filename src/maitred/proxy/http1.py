@@ -1,7 +1,8 @@
 """The client side of an HTTP/1.1 listener: parse, route, pick, forward.
 
 One ``ClientConnection`` per accepted connection, driven by httptools callbacks
-(no Streams, no coroutine per request). Each request becomes an ``Exchange``
+(no Streams, no coroutine per request); a plain request head without a body is
+read by plain_head and makes the same calls directly. Each request becomes an ``Exchange``
 that owns the request's framing state and, once dispatched, one upstream
 connection. Pipelined requests queue behind the active exchange and are
 answered in order; while one waits, reading from the client pauses.
@@ -50,6 +51,7 @@ from maitred.proxy.framing import (
     skip_empty_lines,
     unknown_method_status,
 )
+from maitred.proxy.plain_head import RequestHead, read_request_head
 from maitred.proxy.routing import LATENCY_BUCKETS
 from maitred.proxy.upstream import CHUNK_END, CRLF, ServerConnections, UpstreamConnection
 from maitred.proxy.write_batch import WriteBatch
@@ -983,6 +985,9 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
                 # The common read: one whole request head, nothing after it, no HTAB.
                 self.at_boundary = False
                 self.line_open = False
+                plain = read_request_head(data)
+                if plain is not None:
+                    return self._plain_request(plain)
                 # A slice and == are compiled; startswith(x, start) is a generic call.
                 # A compiled slice must not start after its end (mypyc raises
                 # SystemError where Python gives b""): a line may be shorter than 9.
@@ -1255,11 +1260,34 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
         exchange = self.starting
         return exchange.header_pairs() if exchange is not None else []
 
+    def _plain_request(self, head: RequestHead) -> bool:
+        """A request head in the plain form, read without llhttp (see plain_head):
+        the calls llhttp's callbacks would make, made directly. False: parsing stopped.
+        """
+        try:
+            self.on_url(head.target)
+            fields = head.fields
+            for k in range(0, len(fields), 2):
+                self.on_header(fields[k], fields[k + 1])
+            self.in_head = False
+            self.head_bytes = 0
+            self.deadline.at = None
+            self._head_complete(head.http11, head.method, head.close)
+            self.on_message_complete()
+        except Rejected:
+            return False
+        except Exception:
+            log.exception("request handling failed")
+            self._reject(500, "internal error")
+            return False
+        self.head_tail = b""
+        self.at_boundary = self.message_ended
+        return True
+
     def on_headers_complete(self) -> None:
         self.in_head = False
         self.head_bytes = 0
         self.deadline.at = None
-        runtime = self.slot.runtime
         reader = self.reader
         assert reader is not None  # data_received borrowed it
         parser = reader.parser
@@ -1275,12 +1303,17 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
             else:
                 self._reject(505, f"HTTP/{version} is not supported")
                 raise Rejected
+        self._head_complete(http11, parser.get_method(), not parser.should_keep_alive())
+
+    def _head_complete(self, http11: bool, method: bytes, close_after: bool) -> None:
+        """A request head is read: check it, build what goes to the server, and start
+        the exchange (or queue it behind the one being answered)."""
+        runtime = self.slot.runtime
         exchange = Exchange(self)
         exchange.client_http11 = http11
-        method = parser.get_method()
         exchange.method = method
         exchange.is_head = method == b"HEAD"
-        exchange.close_after = not parser.should_keep_alive()
+        exchange.close_after = close_after
 
         host = self.host
         if self.host_count > 1:

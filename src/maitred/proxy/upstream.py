@@ -4,7 +4,7 @@ An ``UpstreamConnection`` carries one exchange at a time. It parses the server's
 answer with httptools and relays it to the client connection, re-framed: the
 head is rebuilt without hop-by-hop headers and the body keeps or gains one
 unambiguous framing. An answer in the plain form most servers send (see
-answer_head) skips httptools: its head is read in compiled code and its
+plain_head) skips httptools: its head is read in compiled code and its
 Content-Length body relayed as the server's bytes. Everything written to the
 client for one read event goes out in one ``writelines`` call.
 """
@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Final
 import httptools
 from mypy_extensions import mypyc_attr
 
-from maitred.proxy.answer_head import read_answer_head
 from maitred.proxy.deadline import Deadline
 from maitred.proxy.framing import (
     CONNECTION,
@@ -42,6 +41,7 @@ from maitred.proxy.framing import (
     reason_is_valid,
     skip_empty_lines,
 )
+from maitred.proxy.plain_head import read_answer_head
 from maitred.proxy.tunnel import open_tunnel
 from maitred.proxy.write_batch import WriteBatch
 
@@ -385,7 +385,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _plain_answer(self, exchange: Exchange, data: bytes, start: int, stop: int) -> bool:
         """Relay an answer whose head ``data[start:stop]`` is in the plain form that
-        answer_head reads without llhttp, its body as the server's bytes. False: the
+        plain_head reads without llhttp, its body as the server's bytes. False: the
         head is not in that form, or its body is not framed by a length; llhttp reads it.
         """
         head = read_answer_head(data, start, stop)

@@ -1,12 +1,13 @@
-"""The plain answer head read without llhttp, held against llhttp's reading.
+"""Plain heads read without llhttp, held against llhttp's reading.
 
-``read_answer_head`` may only accept what llhttp accepts, and must read it the
-same way the slow path does from llhttp's callbacks: the same status, the same
-fields relayed (as ``name: value`` lines, in order), the same Content-Length and
-the same keep-alive decision. Heads are drawn in the plain form, with the
-fields the relay treats apart, then mutated (flipped, inserted and deleted
-bytes, duplicated lines). Plain heads must be accepted: the fast path must not
-quietly stop being taken.
+``read_request_head`` and ``read_answer_head`` may only accept what llhttp
+accepts, and must read it the way the slow path does from llhttp's callbacks:
+for a request, the same method, target, version, fields and keep-alive, and no
+body; for an answer, the same status, the same fields relayed (as ``name:
+value`` lines, in order), the same Content-Length and keep-alive. Heads are
+drawn in the plain form, with the fields the proxy treats apart, then mutated
+(flipped, inserted and deleted bytes, duplicated lines). Plain heads must be
+accepted: the fast paths must not quietly stop being taken.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from maitred.proxy.answer_head import AnswerHead, read_answer_head
 from maitred.proxy.framing import (
     CONTENT_LENGTH,
     ORDINARY,
@@ -25,8 +25,15 @@ from maitred.proxy.framing import (
     RESPONSE_PREFILTER,
     header_kind,
 )
+from maitred.proxy.plain_head import (
+    PLAIN_METHODS,
+    AnswerHead,
+    RequestHead,
+    read_answer_head,
+    read_request_head,
+)
 from tests.fuzz.profiles import fuzz_settings
-from tests.fuzz.strategies import header_names, mutated
+from tests.fuzz.strategies import header_names, mutated, paths, queries
 
 PLAIN_VALUE_CHARS = "".join(chr(c) for c in range(0x20, 0x7F))
 plain_values = st.text(PLAIN_VALUE_CHARS, min_size=1, max_size=30).map(str.strip).filter(bool)
@@ -191,3 +198,124 @@ def test_a_range_that_is_not_a_whole_head_is_refused() -> None:
     assert read_answer_head(NGINX, 0, len(NGINX) - 1) is None
     assert read_answer_head(NGINX, 0, len(NGINX) + 1) is None
     assert read_answer_head(NGINX, 1, len(NGINX)) is None
+
+
+# -- requests ----------------------------------------------------------------------------
+
+SPECIAL_REQUEST_FIELDS = [
+    ("Host", "example.com"),
+    ("host", "a:8080"),
+    ("Content-Length", "5"),
+    ("Transfer-Encoding", "chunked"),
+    ("Connection", "keep-alive"),
+    ("Connection", "close"),
+    ("connection", "Keep-Alive"),
+    ("Connection", "Upgrade"),
+    ("Connection", "close, x-secret"),
+    ("Upgrade", "websocket"),
+    ("X-Forwarded-For", "10.0.0.1"),
+    ("X-Request-Id", "r-1"),
+    ("Keep-Alive", "timeout=5"),
+    ("Expect", "100-continue"),
+]
+
+
+@st.composite
+def plain_requests(draw: st.DrawFn, *, specials: bool = True) -> bytes:
+    methods = sorted(m.decode() for m in PLAIN_METHODS)
+    if specials:
+        methods += ["CONNECT", "get", "FROB", "TRACE"]
+    method = draw(st.sampled_from(methods))
+    target = draw(paths) + draw(queries)
+    version = draw(st.sampled_from(["1.1", "1.0"]))
+    fields = [("Host", "a")] + draw(st.lists(st.tuples(header_names, plain_values), max_size=6))
+    if specials:
+        extra = draw(st.lists(st.sampled_from(SPECIAL_REQUEST_FIELDS), max_size=3))
+        fields = draw(st.permutations(fields + extra))
+    lines = [f"{method} {target} HTTP/{version}"] + [f"{n}: {v}" for n, v in fields]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+class LlhttpRequestReading:
+    """What the slow path makes of a request head."""
+
+    def __init__(self, head: bytes) -> None:
+        self.url = b""
+        self.fields: list[bytes] = []
+        self.method = b""
+        self.version = ""
+        self.keep_alive = False
+        self.upgrade = False
+        self.done = False
+        self.complete = False
+        self.parser = httptools.HttpRequestParser(self)
+        try:
+            self.parser.feed_data(head)
+        except httptools.HttpParserUpgrade:
+            self.upgrade = True
+        except httptools.HttpParserError:
+            self.done = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields += (name, value)
+
+    def on_headers_complete(self) -> None:
+        self.done = True
+        self.method = self.parser.get_method()
+        self.version = self.parser.get_http_version()
+        self.keep_alive = self.parser.should_keep_alive()
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+def assert_same_request(head: bytes, fast: RequestHead) -> None:
+    reading = LlhttpRequestReading(head)
+    assert reading.done, f"accepted a head llhttp refuses: {head!r}"
+    assert reading.complete, f"llhttp waits for a body: {head!r}"
+    assert not reading.upgrade
+    assert fast.method == reading.method
+    assert fast.target == reading.url
+    assert fast.http11 == (reading.version == "1.1")
+    assert fast.fields == reading.fields
+    assert fast.close == (not reading.keep_alive)
+
+
+@fuzz_settings
+@given(raw=mutated(plain_requests()))
+def test_what_the_fast_request_reading_accepts_llhttp_reads_the_same(raw: bytes) -> None:
+    head = head_of(raw)
+    if head is None or len(head) != len(raw):
+        return  # the fast reading takes a whole head and nothing after it
+    fast = read_request_head(raw)
+    if fast is not None:
+        assert_same_request(head, fast)
+
+
+@fuzz_settings
+@given(head=plain_requests(specials=False))
+def test_plain_requests_are_read_without_llhttp(head: bytes) -> None:
+    fast = read_request_head(head)
+    assert fast is not None, head
+    assert_same_request(head, fast)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        pytest.param(b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", id="connect"),
+        pytest.param(b"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n", id="absolute-form"),
+        pytest.param(b"GET /a#b HTTP/1.1\r\nHost: a\r\n\r\n", id="fragment"),
+        pytest.param(b'GET /a"b HTTP/1.1\r\nHost: a\r\n\r\n', id="quote-in-target"),
+        pytest.param(b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", id="http-2"),
+        pytest.param(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n", id="length"),
+        pytest.param(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\n\r\n", id="upgrade"),
+        pytest.param(b"GET / HTTP/1.1\r\nHost: a\r\nA:b\r\n\r\n", id="no-space"),
+        pytest.param(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET", id="bytes-after"),
+    ],
+)
+def test_other_requests_are_left_to_llhttp(head: bytes) -> None:
+    assert read_request_head(head) is None
