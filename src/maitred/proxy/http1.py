@@ -967,6 +967,14 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
         if reader is None:
             reader = self._borrow_reader()
         parser = reader.parser
+        if self.at_boundary and not self.pending_cr and data.endswith(b"\r\n\r\n"):
+            # Maybe the common read: one whole request head in the plain form, nothing
+            # after it. plain_head checks all of it, in one pass.
+            plain = read_request_head(data)
+            if plain is not None:
+                self.at_boundary = False
+                self.line_open = False
+                return self._plain_request(plain)
         end = len(data)
         pos = 0
         while pos < end:
@@ -985,9 +993,6 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
                 # The common read: one whole request head, nothing after it, no HTAB.
                 self.at_boundary = False
                 self.line_open = False
-                plain = read_request_head(data)
-                if plain is not None:
-                    return self._plain_request(plain)
                 # A slice and == are compiled; startswith(x, start) is a generic call.
                 # A compiled slice must not start after its end (mypyc raises
                 # SystemError where Python gives b""): a line may be shorter than 9.

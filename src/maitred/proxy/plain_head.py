@@ -98,6 +98,8 @@ def _field_line(data: bytes, start: i64) -> tuple[i64, i64]:
 
 def _connection_says_close(value: bytes) -> int:
     """1: ``close``; 0: ``keep-alive``; -1: anything else (llhttp reads lists)."""
+    if value == b"keep-alive":  # the usual spelling: no lower(), a generic call
+        return 0
     value = value.lower()
     if value == b"close":
         return 1

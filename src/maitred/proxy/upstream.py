@@ -456,8 +456,12 @@ class UpstreamConnection(asyncio.Protocol):
             # More than the answer framed: deliver it, but never reuse the connection.
             self.keep_alive = False
             size = left
-        if size:
-            self.out.append(data if size == len(data) else memoryview(data)[start : start + size])
+        if size == len(data):
+            self.out.append(data)
+        elif size >= RAW_BODY_MIN:
+            self.out.append(memoryview(data)[start : start + size])
+        elif size:
+            self.out.append(data[start : start + size])  # small: a copy costs less than a view
         self.raw_left = left - size
         if not self.raw_left:
             self.complete = True
