@@ -2,9 +2,9 @@
 
 One ``ClientConnection`` per accepted connection, driven by httptools callbacks
 (no Streams, no coroutine per request); a plain request head without a body is
-read by plain_head and makes the same calls directly. Each request becomes an ``Exchange``
-that owns the request's framing state and, once dispatched, one upstream
-connection. Pipelined requests queue behind the active exchange and are
+read by plain_head, which makes the same calls directly. Each request becomes an
+``Exchange`` that owns the request's framing state and, once dispatched, one
+upstream connection. Pipelined requests queue behind the active exchange and are
 answered in order; while one waits, reading from the client pauses.
 """
 

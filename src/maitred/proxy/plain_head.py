@@ -30,6 +30,8 @@ from mypy_extensions import i64
 from maitred.proxy.framing import (
     CONNECTION,
     CONTENT_LENGTH,
+    CR,
+    LF,
     ORDINARY,
     PREFILTER_LENGTH,
     REQUEST_HEADER_KINDS,
@@ -64,8 +66,6 @@ PLAIN_METHODS: Final = frozenset(
     {b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH"}
 )
 
-CR: Final = 13
-LF: Final = 10
 SP: Final = 32
 COLON: Final = 58
 SLASH: Final = 47
