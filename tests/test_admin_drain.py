@@ -91,6 +91,8 @@ def test_delete_under_load_fails_no_request(
         start = len(lb.log.lines)
         assert api(lb, "DELETE", f"/api/v1/servers/{sid(backends[0])}").status == 204
         lb.log.wait_for(rf"server {sid(backends[0])} removed from pool web", start=start)
+        # Answers b1 gave before it left may still be on their way to the clients.
+        load.wait_for_answers_to_sent()
         after_removal = load.answered["b1"]
         load.wait_for_total(load.total() + 100)
     assert load.failures == []

@@ -93,7 +93,15 @@ class Read:
     error: str | None = None
 
     def end_to_end(self) -> list[tuple[bytes, bytes]]:
-        return [(n, v) for n, v in self.headers if n not in NOT_END_TO_END]
+        # Fields a Connection header names are hop-by-hop too (RFC 9110 7.6.1): found by
+        # the long profile, "Connection: c,lose" beside a field "C".
+        named = {
+            token.strip().lower()
+            for name, value in self.headers
+            if name == b"connection"
+            for token in value.split(b",")
+        }
+        return [(n, v) for n, v in self.headers if n not in NOT_END_TO_END and n not in named]
 
 
 def read_answer(method: bytes, data: bytes, closed: bool) -> Read:

@@ -23,7 +23,12 @@ class SteadyLoad:
         self.failures: list[str] = []
         self._done = threading.Event()
         self._progress = threading.Condition()
-        self._threads = [threading.Thread(target=self._client) for _ in range(clients)]
+        #: Requests sent and answers read, per client.
+        self._sent = [0] * clients
+        self._read = [0] * clients
+        self._threads = [
+            threading.Thread(target=self._client, args=(index,)) for index in range(clients)
+        ]
 
     def __enter__(self) -> SteadyLoad:
         for thread in self._threads:
@@ -58,16 +63,30 @@ class SteadyLoad:
             reached = self._progress.wait_for(lambda: self.answered[backend] >= count, timeout)
         assert reached, f"{backend} gave only {self.answered[backend]} answers"
 
-    def _client(self) -> None:
+    def wait_for_answers_to_sent(self, timeout: float = 30.0) -> None:
+        """Until every request sent so far has its answer counted (answers the
+        balancer already wrote may still be on their way when this is called)."""
+        with self._progress:
+            sent = list(self._sent)
+            reached = self._progress.wait_for(
+                lambda: all(r >= s for r, s in zip(self._read, sent, strict=True)) or self.failures,
+                timeout,
+            )
+        assert reached, f"answers still missing after {timeout}s"
+
+    def _client(self, index: int) -> None:
         try:
             with connect("127.0.0.1", self.port) as sock:
                 while not self._done.is_set():
+                    with self._progress:
+                        self._sent[index] += 1
                     sock.sendall(build_request("GET", self.path))
                     response = read_response(sock)
                     with self._progress:
                         if response.status != 200:
                             self.failures.append(f"{response.status} {response.body!r}")
                         self.answered[response.header("X-Backend") or "?"] += 1
+                        self._read[index] += 1
                         self._progress.notify_all()
         except OSError as exc:
             with self._progress:
