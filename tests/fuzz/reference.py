@@ -42,16 +42,21 @@ class ParsedRequest:
         return [value for key, value in self.headers if key == name]
 
     def end_to_end(self) -> list[tuple[bytes, bytes]]:
-        named = {
-            token.strip().lower()
-            for value in self.values(b"connection")
-            for token in value.split(b",")
-        }
-        return [
-            (name, value)
-            for name, value in self.headers
-            if name not in NOT_END_TO_END and name not in named
-        ]
+        return end_to_end(self.headers)
+
+
+def end_to_end(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """``headers`` (lowercased names) without the hop-by-hop ones: those listed in
+    NOT_END_TO_END and those a Connection header names (RFC 9110 7.6.1)."""
+    named = {
+        token.strip().lower()
+        for name, value in headers
+        if name == b"connection"
+        for token in value.split(b",")
+    }
+    return [
+        (name, value) for name, value in headers if name not in NOT_END_TO_END and name not in named
+    ]
 
 
 @dataclass

@@ -24,7 +24,7 @@ from tests.fuzz.checks import ErrorLog
 from tests.fuzz.harness import InMemoryProxy
 from tests.fuzz.known_deviations import known_answer_deviation
 from tests.fuzz.profiles import fuzz_settings
-from tests.fuzz.reference import NOT_END_TO_END, strip_leading_empty_lines
+from tests.fuzz.reference import end_to_end, strip_leading_empty_lines
 from tests.fuzz.strategies import header_names, header_values, mutated, split_points
 
 # The balancer's own statuses: servers here never send them.
@@ -93,15 +93,7 @@ class Read:
     error: str | None = None
 
     def end_to_end(self) -> list[tuple[bytes, bytes]]:
-        # Fields a Connection header names are hop-by-hop too (RFC 9110 7.6.1): found by
-        # the long profile, "Connection: c,lose" beside a field "C".
-        named = {
-            token.strip().lower()
-            for name, value in self.headers
-            if name == b"connection"
-            for token in value.split(b",")
-        }
-        return [(n, v) for n, v in self.headers if n not in NOT_END_TO_END and n not in named]
+        return end_to_end(self.headers)
 
 
 def read_answer(method: bytes, data: bytes, closed: bool) -> Read:

@@ -1274,9 +1274,7 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
             fields = head.fields
             for k in range(0, len(fields), 2):
                 self.on_header(fields[k], fields[k + 1])
-            self.in_head = False
-            self.head_bytes = 0
-            self.deadline.at = None
+            self._head_ended()
             self._head_complete(head.http11, head.method, head.close)
             self.on_message_complete()
         except Rejected:
@@ -1289,10 +1287,15 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
         self.at_boundary = self.message_ended
         return True
 
-    def on_headers_complete(self) -> None:
+    def _head_ended(self) -> None:
+        """The request head is whole: it no longer counts against its size limit or
+        its deadline."""
         self.in_head = False
         self.head_bytes = 0
         self.deadline.at = None
+
+    def on_headers_complete(self) -> None:
+        self._head_ended()
         reader = self.reader
         assert reader is not None  # data_received borrowed it
         parser = reader.parser

@@ -399,15 +399,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.has_request_id = head.has_request_id
         self.keep_alive = not head.close
         self._final_head(exchange, status)
-        if self.body_mode == BODY_LENGTH and head.length:
-            self.raw_left = head.length
-            self._relay_raw(exchange, data, stop)
-            return True
-        self.complete = True
-        if stop < len(data):
-            # More than the answer framed: deliver it, but never reuse the connection.
-            self.keep_alive = False
-        self._deliver(exchange)
+        # The body (none for HEAD, 204, 304) as the server's bytes; _relay_raw completes
+        # the answer and never reuses a connection that sent more than it framed.
+        self.raw_left = head.length if self.body_mode == BODY_LENGTH else 0
+        self._relay_raw(exchange, data, stop)
         return True
 
     def _body_goes_raw(self) -> bool:
