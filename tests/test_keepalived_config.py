@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -247,9 +248,11 @@ def test_cli_reports_every_problem_and_exits_2(capsys: pytest.CaptureFixture[str
 
 
 def test_cli_runs_as_a_command() -> None:
+    # The console script installed beside this interpreter, as a user would run it.
+    command = Path(sys.executable).parent / "maitred"
     result = subprocess.run(
         [
-            "maitred",
+            str(command),
             "keepalived-config",
             *("--vip", "10.0.0.100/24", "--interface", "eth0"),
             *("--router-id", "51", "--priority", "150", "--peer", "10.0.0.3"),
