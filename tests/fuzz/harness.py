@@ -112,6 +112,8 @@ class Outcome:
     answered: bytes  # everything written to the client
     client_closed: bool
     forwarded: list[bytes] = field(default_factory=list)  # per server connection, in order
+    #: The client connection still held a request parser when the conversation ended.
+    parser_held: bool = False
 
     @property
     def all_forwarded(self) -> bytes:
@@ -190,6 +192,7 @@ class InMemoryProxy:
                 answered=bytes(transport.data),
                 client_closed=transport.is_closing(),
                 forwarded=[bytes(t.data) for _conn, t in servers.made],
+                parser_held=client.reader is not None,
             )
         finally:
             client.connection_lost(None)

@@ -66,5 +66,5 @@ def test_valid_requests_are_forwarded_as_the_same_requests(
     answers = outcome.answered.count(b"HTTP/1.1 200 OK\r\n")
     assert answers == len(requests), outcome.answered
     if not outcome.client_closed:
-        # Left idle: its parser went back for the next example's connection.
-        assert proxy.worker.plane.spare_readers
+        # Left idle, it holds no parser: one it borrowed went back to the plane.
+        assert not outcome.parser_held

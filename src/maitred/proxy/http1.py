@@ -758,7 +758,7 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
         self.head_size = 0
         self.head_deadline = True  # armed in connection_made
         self.url = b""
-        self.parts: list[bytes] = _NO_PARTS  # a list of its own comes with the parser
+        self.parts: list[bytes] = _NO_PARTS  # a list of its own comes with a request
         self.host: bytes | None = None
         self.forwarded_for: bytes | None = None
         self.request_id: bytes | None = None
@@ -839,11 +839,10 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
             self.transport.close()
 
     def _shed_parser(self) -> None:
-        """Waiting idle between requests: give the parser back (see RequestReader)."""
-        reader = self.reader
+        """Waiting idle between requests: give the parser back (see RequestReader), and
+        hold nothing the next request makes anew."""
         if (
-            reader is not None
-            and self.parsing is None
+            self.parsing is None
             and self.active is None
             and self.at_boundary
             and not self.pending_cr
@@ -852,13 +851,15 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
             and self.tunnel_pending is None
             and not self.closing
         ):
-            reader.conn = None
-            self.reader = None
-            self.parts = _NO_PARTS  # a new list comes with the next parser
+            self.parts = _NO_PARTS  # a new list comes with the next request
             self.body = NO_BODY
-            spare = self.plane.spare_readers
-            if len(spare) < MAX_SPARE_PARSERS:
-                spare.append(reader)
+            reader = self.reader
+            if reader is not None:
+                reader.conn = None
+                self.reader = None
+                spare = self.plane.spare_readers
+                if len(spare) < MAX_SPARE_PARSERS:
+                    spare.append(reader)
 
     def _borrow_reader(self) -> RequestReader:
         spare = self.plane.spare_readers
@@ -989,18 +990,20 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
         request ends when that is known (a head without body, a Content-Length body,
         a chunked body's last CRLFCRLF). A piece is a view, never a copy.
         """
-        reader = self.reader
-        if reader is None:
-            reader = self._borrow_reader()
-        parser = reader.parser
         if self.at_boundary and not self.pending_cr and data.endswith(b"\r\n\r\n"):
             # Maybe the common read: one whole request head in the plain form, nothing
-            # after it. plain_head checks all of it, in one pass.
+            # after it. plain_head checks all of it, in one pass, and no parser is lent.
             plain = read_request_head(data)
             if plain is not None:
                 self.at_boundary = False
                 self.line_open = False
+                if self.parts is _NO_PARTS:
+                    self.parts = []
                 return self._plain_request(plain)
+        reader = self.reader
+        if reader is None:
+            reader = self._borrow_reader()
+        parser = reader.parser
         end = len(data)
         pos = 0
         while pos < end:
@@ -1428,20 +1431,19 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
             # HTTP/1.0 without Host: HTTP/1.1 to the server needs one (RFC 9112 3.2).
             parts = [b"Host", b": ", host or b"", CRLF, *parts]
         exchange.parts = parts
-        # As few pieces as can be: joining costs about 100 instructions a piece. Lists,
-        # not tuples: a tuple with *parts would be built as a list, then copied.
+        # As few pieces as can be: joining costs about 100 instructions a piece. Appends,
+        # not tuples: ``head += (...)`` builds and drops a tuple.
         head = [line] if line and url is self.url else [method, b" ", url, b" HTTP/1.1\r\n"]
         head += parts
-        head += (
-            forwarded_for,
-            _PROTO_THEN_HOST[runtime.scheme],
-            host or b"",
-            id_name,
-            id_value,
-            b"\r\n" + body_framing + upgrade_lines + CRLF
-            if body_framing or upgrade_lines
-            else b"\r\n\r\n",
-        )
+        head.append(forwarded_for)
+        head.append(_PROTO_THEN_HOST[runtime.scheme])
+        head.append(host or b"")
+        head.append(id_name)
+        head.append(id_value)
+        if body_framing or upgrade_lines:
+            head.append(b"\r\n" + body_framing + upgrade_lines + CRLF)
+        else:
+            head.append(b"\r\n\r\n")
         exchange.head = b"".join(head)
         if exchange.request_chunked or (
             self.content_length is not None and self.content_length != b"0"

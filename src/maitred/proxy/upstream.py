@@ -653,8 +653,11 @@ class UpstreamConnection(asyncio.Protocol):
             parts = drop_named_headers(parts, self.named_hop)
         head = [status_line(status)]
         head += parts
+        # Name and ": " as one piece: the head is joined, at about 100 instructions a piece.
         if not self.has_request_id:
-            append_field(head, b"X-Request-Id", exchange.request_id)
+            head.append(b"X-Request-Id: ")
+            head.append(exchange.request_id)
+            head.append(CRLF)
         if exchange.response_headers:
             head.append(exchange.response_headers)
         if not exchange.request_done:
@@ -668,7 +671,9 @@ class UpstreamConnection(asyncio.Protocol):
                 append_field(head, b"Content-Length", self.response_length)
         elif self.response_length is not None:
             self.body_mode = BODY_LENGTH
-            append_field(head, b"Content-Length", self.response_length)
+            head.append(b"Content-Length: ")
+            head.append(self.response_length)
+            head.append(CRLF)
         elif self.chunked:
             self.body_mode = BODY_CHUNKED
             head.append(b"Transfer-Encoding: chunked\r\n")
