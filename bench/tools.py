@@ -19,6 +19,7 @@ DEBIAN_PACKAGES = {
     "h2load": "nghttp2-client",
     "taskset": "util-linux",
     "openssl": "openssl",
+    "valgrind": "valgrind",
 }
 
 

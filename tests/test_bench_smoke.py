@@ -28,6 +28,7 @@ from bench import (
     capacity,
     ceiling,
     failover,
+    instructions,
     load,
     nginx,
     origins,
@@ -820,3 +821,33 @@ def test_reference_forwarder_with_work_us_still_relays_unchanged_and_spins() -> 
         assert len(origin.connections) == 2
         assert bytes(origin.connections[1].raw) == FIRST_REQUEST + SECOND_REQUEST
         assert origin.errors() == []
+
+
+# -- instruction counts (bench.instructions) ---------------------------------------------
+
+CALLGRIND_EXIT = """==4242== Events    : Ir
+==4242== Collected : 2,247,252,764
+==4242==
+==4242== I   refs:      2,247,252,764
+"""
+
+
+def test_instruction_count_is_read_from_callgrind_s_report() -> None:
+    assert instructions.parse_collected(CALLGRIND_EXIT) == 2_247_252_764
+    with pytest.raises(ValueError):
+        instructions.parse_collected("==1== valgrind: failed to start tool 'callgrind'\n")
+
+
+def test_instructions_per_request_cancel_out_start_up() -> None:
+    start_up = 900_000_000
+    few = start_up + 36_000 * instructions.FEW
+    many = start_up + 36_000 * instructions.MANY
+    assert instructions.per_request(few, many) == 36_000
+
+
+def test_instruction_runs_time_the_hot_path_loop_under_callgrind() -> None:
+    argv = instructions.run_command("/venv/bin/python", "browser", 500, Path("/o/cg.out"))
+    assert argv[0].endswith("valgrind")
+    assert argv[1:3] == ["--tool=callgrind", "--callgrind-out-file=/o/cg.out"]
+    assert argv[3:5] == ["/venv/bin/python", "-c"]
+    assert "h.run(500, h.BROWSER_REQUEST, False)" in argv[5]
