@@ -50,6 +50,10 @@ SMALL_RESPONSE = (
 )
 
 
+#: Requests run before the measured ones.
+WARMUP_REQUESTS = 1000
+
+
 class MemoryTransport:
     """Enough of asyncio.Transport for the protocols; counts what they write."""
 
@@ -104,7 +108,7 @@ def run(requests: int, request: bytes, profile: bool) -> float:
     # The loop does not run here: its end-of-pass flush is called by hand, once per
     # request (where the loop flushes once per pass, for every request of the pass).
     flush = worker.plane.writes.flush
-    for _ in range(1000):  # warm-up
+    for _ in range(WARMUP_REQUESTS):
         client.data_received(request)
         upstream.data_received(response)
         flush()

@@ -28,6 +28,7 @@ from bench import (
     capacity,
     ceiling,
     failover,
+    hotpath_bench,
     instructions,
     load,
     nginx,
@@ -838,16 +839,16 @@ def test_instruction_count_is_read_from_callgrind_s_report() -> None:
         instructions.parse_collected("==1== valgrind: failed to start tool 'callgrind'\n")
 
 
-def test_instructions_per_request_cancel_out_start_up() -> None:
-    start_up = 900_000_000
-    few = start_up + 36_000 * instructions.FEW
-    many = start_up + 36_000 * instructions.MANY
-    assert instructions.per_request(few, many) == 36_000
+def test_instructions_per_request_count_the_warm_up_too() -> None:
+    runs = instructions.REQUESTS + hotpath_bench.WARMUP_REQUESTS
+    assert instructions.per_request(29_000 * runs) == 29_000
 
 
-def test_instruction_runs_time_the_hot_path_loop_under_callgrind() -> None:
-    argv = instructions.run_command("/venv/bin/python", "browser", 500, Path("/o/cg.out"))
+def test_instruction_runs_count_only_inside_the_event_loop_s_calls() -> None:
+    argv = instructions.run_command("/venv/bin/python", "browser", Path("/o/cg.out"))
     assert argv[0].endswith("valgrind")
-    assert argv[1:3] == ["--tool=callgrind", "--callgrind-out-file=/o/cg.out"]
-    assert argv[3:5] == ["/venv/bin/python", "-c"]
-    assert "h.run(500, h.BROWSER_REQUEST, False)" in argv[5]
+    assert argv[1:3] == ["--tool=callgrind", "--collect-atstart=no"]
+    assert "--toggle-collect=CPyPy_*data_received" in argv
+    assert "--callgrind-out-file=/o/cg.out" in argv
+    assert argv[-3:-1] == ["/venv/bin/python", "-c"]
+    assert f"h.run({instructions.REQUESTS}, h.BROWSER_REQUEST, False)" in argv[-1]
