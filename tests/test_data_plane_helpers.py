@@ -1,6 +1,6 @@
 """The data plane's small compiled helpers, checked against their plain definitions:
-Host validation (RFC 9110 7.2), the request IDs maitred generates, and the latency
-histogram's buckets."""
+Host validation (RFC 9110 7.2), the request IDs maitred generates, the latency
+histogram's buckets, and the per-address bytes a request head reuses."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import uvloop
 from hypothesis import given
 from hypothesis import strategies as st
 
+from maitred.proxy.client_identity import address_bytes, forwarded_for_field
 from maitred.proxy.framing import valid_host
 from maitred.proxy.http1 import DataPlane
 from maitred.proxy.routing import LATENCY_BUCKETS, latency_bucket
@@ -65,3 +66,12 @@ def test_a_latency_falls_in_the_bucket_bisect_finds(seconds: float) -> None:
 def test_a_latency_on_a_bound_counts_in_that_bound_s_bucket(bound: float) -> None:
     assert latency_bucket(bound) == LATENCY_BUCKETS.index(bound)
     assert latency_bucket(bound * 1.0001) == LATENCY_BUCKETS.index(bound) + 1
+
+
+@pytest.mark.parametrize("ip", ["127.0.0.1", "::1", "2001:db8::7"])
+def test_an_address_s_bytes_and_field_are_made_once_and_shared(ip: str) -> None:
+    assert address_bytes(ip) == ip.encode()
+    assert forwarded_for_field(ip) == b"X-Forwarded-For: " + ip.encode()
+    # Shared by every connection from the address, not made per connection or request.
+    assert address_bytes(ip) is address_bytes(ip)
+    assert forwarded_for_field(ip) is forwarded_for_field(ip)

@@ -77,29 +77,27 @@ class ClientIdentity:
         self.private_upstreams.append(conn)
 
 
-#: Client addresses as bytes (X-Forwarded-For), shared by the connections from one
-#: address; cleared when it grows past _ADDRESS_CACHE_SIZE (many distinct clients).
-_ADDRESS_BYTES: Final[dict[str, bytes]] = {}
+#: Per client address: its bytes and its X-Forwarded-For field, shared by the
+#: connections from one address; cleared when it grows past _ADDRESS_CACHE_SIZE
+#: (many distinct clients).
+_ADDRESSES: Final[dict[str, tuple[bytes, bytes]]] = {}
 _ADDRESS_CACHE_SIZE: Final = 4096
 
 
+def _address(ip: str) -> tuple[bytes, bytes]:
+    entry = _ADDRESSES.get(ip)
+    if entry is None:
+        if len(_ADDRESSES) >= _ADDRESS_CACHE_SIZE:
+            _ADDRESSES.clear()
+        encoded = ip.encode()
+        entry = _ADDRESSES[ip] = (encoded, b"X-Forwarded-For: " + encoded)
+    return entry
+
+
 def address_bytes(ip: str) -> bytes:
-    encoded = _ADDRESS_BYTES.get(ip)
-    if encoded is None:
-        if len(_ADDRESS_BYTES) >= _ADDRESS_CACHE_SIZE:
-            _ADDRESS_BYTES.clear()
-        encoded = _ADDRESS_BYTES[ip] = ip.encode()
-    return encoded
+    return _address(ip)[0]
 
 
-#: "X-Forwarded-For: " and an address_bytes, shared likewise.
-_FORWARDED_FOR_FIELDS: Final[dict[bytes, bytes]] = {}
-
-
-def forwarded_for_field(address: bytes) -> bytes:
-    field = _FORWARDED_FOR_FIELDS.get(address)
-    if field is None:
-        if len(_FORWARDED_FOR_FIELDS) >= _ADDRESS_CACHE_SIZE:
-            _FORWARDED_FOR_FIELDS.clear()
-        field = _FORWARDED_FOR_FIELDS[address] = b"X-Forwarded-For: " + address
-    return field
+def forwarded_for_field(ip: str) -> bytes:
+    """``X-Forwarded-For: `` and the address: the field as a client connection adds it."""
+    return _address(ip)[1]

@@ -730,7 +730,7 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
         self.client_ip = ""
         self.client_ip_bytes = b""
         #: "X-Forwarded-For: " and client_ip_bytes, shared by the connections from one
-        #: address; b"" until the first request needs it.
+        #: address (client_identity); b"" until the first request needs it.
         self.forwarded_for_field = b""
         self.client_port = 0
         self.local_address: tuple[str, int] = ("", 0)
@@ -1412,7 +1412,7 @@ class ClientConnection(ClientIdentity, asyncio.Protocol):
         if self.forwarded_for is None:
             forwarded_for = self.forwarded_for_field
             if not forwarded_for:
-                forwarded_for = self.forwarded_for_field = forwarded_for_field(self.client_ip_bytes)
+                forwarded_for = self.forwarded_for_field = forwarded_for_field(self.client_ip)
         else:
             forwarded_for = b"X-Forwarded-For: " + self.forwarded_for + b", " + self.client_ip_bytes
         upgrade_lines = b""
