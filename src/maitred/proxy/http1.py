@@ -134,8 +134,8 @@ class DataPlane:
 
     def new_request_id(self) -> bytes:
         """The process's prefix, "-" and a counter in hex, 1 for the first request.
-        The counter is kept as hex digits and counted up in place: formatting an
-        integer (``b"%x" % n``) costs three times as much."""
+        The counter is kept as hex digits and counted up in place: ``b"%s-%x" % (...)``
+        goes through bytes formatting (about 800 instructions, 600 here)."""
         digits = self.id_digits
         i: i64 = len(digits) - 1
         while i >= 0:

@@ -133,7 +133,8 @@ class RequestHead:
         self.close = close
         #: Names and values in turn: [name, value, name, value, ...].
         self.fields = fields
-        #: Each field's header_kind, in the same order (one per name and value).
+        #: Each field's header_kind, in the same order (one per field, not per name
+        #: and value).
         self.kinds = kinds
 
 
