@@ -665,15 +665,15 @@ class UpstreamConnection(asyncio.Protocol):
             # body cannot be told apart from a next request, so close after.
             exchange.close_after = True
         client_close = exchange.close_after or exchange.client.closing
+        # Declared when the answer has one, body or not (HEAD, 304), except on 204
+        # (RFC 9110 8.6).
+        length = self.response_length
         if exchange.is_head or status == 204 or status == 304:
             self.body_mode = BODY_NONE
-            if self.response_length is not None and status != 204:  # RFC 9110 8.6
-                append_field(head, b"Content-Length", self.response_length)
-        elif self.response_length is not None:
+            if status == 204:
+                length = None
+        elif length is not None:
             self.body_mode = BODY_LENGTH
-            head.append(b"Content-Length: ")
-            head.append(self.response_length)
-            head.append(CRLF)
         elif self.chunked:
             self.body_mode = BODY_CHUNKED
             head.append(b"Transfer-Encoding: chunked\r\n")
@@ -689,6 +689,10 @@ class UpstreamConnection(asyncio.Protocol):
                 self.body_mode = BODY_UNTIL_CLOSE
                 client_close = True
                 exchange.close_after = True
+        if length is not None:
+            head.append(b"Content-Length: ")
+            head.append(length)
+            head.append(CRLF)
         if client_close:
             head.append(b"Connection: close\r\n\r\n")
         elif not exchange.client_http11:
